@@ -1,0 +1,48 @@
+"""embellama: local GGUF text embeddings for RAG, on llama.cpp.
+
+Example:
+    >>> from embellama import EmbeddingEngine, ModelConfig, default_model_path
+    >>> with EmbeddingEngine() as engine:  # doctest: +SKIP
+    ...     engine.load_model(ModelConfig(model_path=default_model_path(), model_name="minilm"))
+    ...     engine.embed("minilm", "hello world")[:3]
+"""
+
+from .cache import CacheStats
+from .config import EngineConfig, ModelConfig, Pooling
+from .default_model import default_model_path
+from .engine import BatchResult, EmbeddingEngine
+from .errors import (
+    ConfigurationError,
+    EmbeddingError,
+    EmbellamaError,
+    EngineClosedError,
+    InvalidInputError,
+    ModelCrashedError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
+from .model import EmbeddingModel
+from .worker import ModelInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchResult",
+    "CacheStats",
+    "ConfigurationError",
+    "EmbeddingEngine",
+    "EmbeddingError",
+    "EmbeddingModel",
+    "EmbellamaError",
+    "EngineClosedError",
+    "EngineConfig",
+    "InvalidInputError",
+    "ModelConfig",
+    "ModelCrashedError",
+    "ModelInfo",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "Pooling",
+    "__version__",
+    "default_model_path",
+]

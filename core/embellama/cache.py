@@ -1,0 +1,76 @@
+"""A bounded, thread-safe LRU cache of embeddings with hit/miss statistics."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["CacheStats", "EmbeddingCache"]
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of cache counters."""
+
+    hits: int
+    misses: int
+    size: int
+    capacity: int
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (0.0 before any lookup)."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class EmbeddingCache:
+    """LRU map from ``(model fingerprint, output options, text)`` to a read-only vector."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[Hashable, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def get(self, key: Hashable) -> npt.NDArray[np.float32] | None:
+        """The cached vector for ``key``, or None (counted as a miss)."""
+        if self.capacity == 0:
+            return None
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self._misses += 1
+                return None
+            self._data.move_to_end(key)
+            self._hits += 1
+            return value
+
+    def put(self, key: Hashable, vector: npt.NDArray[np.float32]) -> None:
+        """Store a copy of ``vector`` under ``key``, evicting the least recently used entry when full."""
+        if self.capacity == 0:
+            return
+        stored = np.array(vector, dtype=np.float32, copy=True)
+        stored.flags.writeable = False
+        with self._lock:
+            self._data[key] = stored
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every entry and reset the counters."""
+        with self._lock:
+            self._data.clear()
+            self._hits = self._misses = 0
+
+    def stats(self) -> CacheStats:
+        """Current counters."""
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._data), self.capacity)

@@ -1,0 +1,139 @@
+"""Command line: ``embellama embed | info | default-model | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig, Pooling
+from .default_model import default_model_path
+from .engine import EmbeddingEngine
+from .errors import EmbellamaError
+from .gguf import read_header
+
+__all__ = ["main"]
+
+
+def _progress_bar(total: int) -> tuple[object, object]:
+    """A stderr progress callback (tqdm when installed) and its closer."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the progress extra
+
+        def report(done: int, total_: int) -> None:
+            print(f"\r{done}/{total_}", end="", file=sys.stderr, flush=True)
+
+        return report, lambda: print(file=sys.stderr)
+    bar = tqdm(total=total, unit="text", file=sys.stderr)
+
+    def update(done: int, total_: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def _cmd_embed(ns: argparse.Namespace) -> int:
+    source = sys.stdin if ns.input == "-" else open(ns.input, encoding="utf-8")  # noqa: SIM115
+    with source:
+        texts = [line.rstrip("\n") for line in source if line.strip()]
+    model = ns.model or str(default_model_path())
+    config = ModelConfig(
+        model_path=model, model_name="cli", pooling=ns.pooling, normalize=not ns.no_normalize,
+        truncate=ns.truncate, dimensions=ns.dimensions, n_threads=ns.threads,
+    )
+    with EmbeddingEngine(cache_size=0) as engine:
+        engine.load_model(config)
+        report, close = _progress_bar(len(texts)) if not ns.quiet else (None, lambda: None)
+        try:
+            vectors = engine.embed_batch("cli", texts, output="numpy", progress=report)  # type: ignore[arg-type]
+        finally:
+            close()  # type: ignore[operator]
+    if ns.output.endswith(".npy"):
+        np.save(ns.output, vectors)
+    else:
+        out = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")  # noqa: SIM115
+        with out:
+            for text, vec in zip(texts, vectors):
+                out.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
+    return 0
+
+
+def _cmd_info(ns: argparse.Namespace) -> int:
+    header = read_header(ns.path)
+    summary = {
+        "path": str(Path(ns.path).resolve()),
+        "size_bytes": Path(ns.path).stat().st_size,
+        "gguf_version": header.version,
+        "tensors": header.n_tensors,
+        "architecture": header.architecture,
+        "name": header.metadata.get("general.name"),
+        "embedding_length": header.arch_value("embedding_length"),
+        "context_length": header.arch_value("context_length"),
+        "pooling_type": header.arch_value("pooling_type"),
+        "causal": header.arch_value("attention.causal"),
+        "file_type": header.metadata.get("general.file_type"),
+        "max_seq_length": header.metadata.get("embellama.max_seq_length"),
+    }
+    if ns.all:
+        summary["metadata"] = header.metadata
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_default_model(ns: argparse.Namespace) -> int:
+    print(default_model_path())
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from .demo import run
+
+    run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    parser = argparse.ArgumentParser(prog="embellama", description="Local GGUF text embeddings on llama.cpp.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed = sub.add_parser("embed", help="embed one text per line to JSONL or .npy")
+    embed.add_argument("input", nargs="?", default="-", help="text file, one text per line ('-': stdin)")
+    embed.add_argument("-o", "--output", default="-", help="output: .npy file, JSONL file, or '-' (stdout JSONL)")
+    embed.add_argument("-m", "--model", help="GGUF path (default: the default model)")
+    embed.add_argument("--pooling", default="model", choices=[p.value for p in Pooling])
+    embed.add_argument("--no-normalize", action="store_true", help="return raw (unnormalized) vectors")
+    embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
+    embed.add_argument("--dimensions", type=int, help="Matryoshka: keep the first N dimensions")
+    embed.add_argument("--threads", type=int, help="threads for the model")
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(func=_cmd_embed)
+    info = sub.add_parser("info", help="print a GGUF model's metadata as JSON")
+    info.add_argument("path")
+    info.add_argument("--all", action="store_true", help="include every metadata key")
+    info.set_defaults(func=_cmd_info)
+    sub.add_parser("default-model", help="print the default model's path (building it if needed)").set_defaults(
+        func=_cmd_default_model
+    )
+    sub.add_parser("demo", help="embed a small corpus and run a nearest-neighbour search").set_defaults(
+        func=_cmd_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``embellama`` command."""
+    ns = build_parser().parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except EmbellamaError as exc:
+        print(f"embellama: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Validated, immutable configuration for models and the engine.
+
+Every check here runs before any native call: a value or a combination that would make llama.cpp abort the
+process (``GGML_ASSERT``) is refused with a :class:`~embellama.errors.ConfigurationError` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+
+__all__ = ["EngineConfig", "Isolation", "ModelConfig", "Pooling", "default_thread_count"]
+
+# llama.cpp's LLAMA_MAX_SEQ: more parallel sequences than this aborts context creation.
+LLAMA_MAX_SEQ = 256
+
+Isolation = Literal["thread", "process"]
+
+
+class Pooling(str, Enum):
+    """How token embeddings become one vector per text.
+
+    ``MODEL`` uses the pooling recorded in the GGUF. ``MEAN``, ``CLS`` and ``LAST`` run inside llama.cpp;
+    ``MAX`` and ``MEAN_SQRT_LEN`` are computed in numpy from the token embeddings (as sentence-transformers does).
+    """
+
+    MODEL = "model"
+    MEAN = "mean"
+    CLS = "cls"
+    LAST = "last"
+    MAX = "max"
+    MEAN_SQRT_LEN = "mean_sqrt_len"
+
+    @classmethod
+    def parse(cls, value: Pooling | str) -> Pooling:
+        """Return the member for ``value`` (a member or its string), or raise ``ConfigurationError``."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            valid = ", ".join(repr(p.value) for p in cls)
+            raise ConfigurationError(f"unknown pooling {value!r}; valid values are {valid}") from None
+
+    @property
+    def is_native(self) -> bool:
+        """Whether llama.cpp pools this way itself (otherwise token embeddings are read and pooled in numpy)."""
+        return self not in (Pooling.MAX, Pooling.MEAN_SQRT_LEN)
+
+
+def default_thread_count(n_workers: int = 1) -> int:
+    """Threads per model instance: the usable cores split between the workers, at least one.
+
+    Measured on a 2-core machine: llama.cpp's worker threads spin while waiting, so using every logical CPU
+    collapses throughput as soon as another process competes. One thread per instance, with one instance per
+    core, is never slower and does not collapse.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, n_workers))
+
+
+def _check_positive(name: str, value: int | None, *, allow_none: bool = True, maximum: int | None = None) -> None:
+    if value is None:
+        if not allow_none:
+            raise ConfigurationError(f"{name} is required")
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ConfigurationError(f"{name} must be >= 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be <= {maximum}, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything needed to load one embedding model and serve it.
+
+    Example:
+        >>> ModelConfig(model_path="model.gguf", model_name="minilm", pooling="mean")  # doctest: +SKIP
+    """
+
+    model_path: str | Path
+    """Path to the GGUF file."""
+
+    model_name: str | None = None
+    """Name the engine registers the model under. Defaults to the file name without ``.gguf``."""
+
+    pooling: Pooling | str = Pooling.MODEL
+    """Pooling strategy (a :class:`Pooling` or its string). Defaults to the model's own."""
+
+    normalize: bool = True
+    """L2-normalize each vector. Defaults to True."""
+
+    dimensions: int | None = None
+    """Matryoshka truncation: keep the first N dimensions (then re-normalize if ``normalize``). Defaults to all."""
+
+    truncate: bool = False
+    """Over-long inputs: True cuts them to the limit, keeping the closing special token (e.g. [SEP]);
+    False raises :class:`~embellama.errors.InvalidInputError`. Defaults to False: nothing is cut silently."""
+
+    max_tokens: int | None = None
+    """Input limit in tokens, at most the model's own. Defaults to the model's limit (sentence-transformers'
+    ``max_seq_length`` when recorded in the GGUF, else the training context)."""
+
+    batch_tokens: int = 512
+    """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Must hold the longest input."""
+
+    max_texts_per_decode: int = 8
+    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8, measured
+    best on the default model (more sequences per decode was slower)."""
+
+    n_threads: int | None = None
+    """Threads of each model instance. Defaults to the usable cores divided by ``n_workers``."""
+
+    n_workers: int = 1
+    """Model instances serving this model, each owned by its own thread. Defaults to 1."""
+
+    n_gpu_layers: int = 0
+    """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build. Defaults to 0."""
+
+    use_mmap: bool = True
+    """Memory-map the model file. Defaults to True."""
+
+    flash_attn: bool = True
+    """Use flash attention: decode cost then grows linearly with the texts per decode. Defaults to True."""
+
+    isolation: Isolation = "thread"
+    """``"thread"``: the model runs in this process. ``"process"``: in a child process, so a native crash becomes
+    a :class:`~embellama.errors.ModelCrashedError` and the worker restarts. Defaults to ``"thread"``."""
+
+    crash_retries: int = 0
+    """With process isolation: how many times a request is retried on a restarted worker after a crash."""
+
+    verbose: bool = False
+    """Let llama.cpp print its own log to stderr. Defaults to False."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_path, (str, Path)) or not str(self.model_path):
+            raise ConfigurationError(f"model_path must be a non-empty path, got {self.model_path!r}")
+        object.__setattr__(self, "model_path", Path(self.model_path).expanduser())
+        object.__setattr__(self, "pooling", Pooling.parse(self.pooling))
+        if self.model_name is None:
+            name = Path(self.model_path).name
+            object.__setattr__(self, "model_name", name[:-5] if name.lower().endswith(".gguf") else name)
+        elif not isinstance(self.model_name, str) or not self.model_name:
+            raise ConfigurationError(f"model_name must be a non-empty string, got {self.model_name!r}")
+        _check_positive("dimensions", self.dimensions)
+        _check_positive("max_tokens", self.max_tokens)
+        _check_positive("batch_tokens", self.batch_tokens, allow_none=False, maximum=1 << 16)
+        _check_positive("max_texts_per_decode", self.max_texts_per_decode, allow_none=False, maximum=LLAMA_MAX_SEQ)
+        _check_positive("n_threads", self.n_threads, maximum=1024)
+        _check_positive("n_workers", self.n_workers, allow_none=False, maximum=64)
+        if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
+            raise ConfigurationError(f"n_gpu_layers must be an integer >= -1, got {self.n_gpu_layers!r}")
+        if self.max_texts_per_decode > self.batch_tokens:
+            # llama.cpp asserts n_ubatch >= n_seq_max when pooling
+            raise ConfigurationError(
+                f"max_texts_per_decode ({self.max_texts_per_decode}) must not exceed batch_tokens "
+                f"({self.batch_tokens}): llama.cpp aborts when n_ubatch < n_seq_max"
+            )
+        if self.max_tokens is not None and self.max_tokens > self.batch_tokens:
+            # a non-causal (BERT) sequence must fit in one ubatch, else GGML_ASSERT aborts the process
+            raise ConfigurationError(
+                f"max_tokens ({self.max_tokens}) exceeds batch_tokens ({self.batch_tokens}): one input must fit "
+                "in one decode; raise batch_tokens"
+            )
+        if self.isolation not in ("thread", "process"):
+            raise ConfigurationError(f"isolation must be 'thread' or 'process', got {self.isolation!r}")
+        if isinstance(self.crash_retries, bool) or not isinstance(self.crash_retries, int) or self.crash_retries < 0:
+            raise ConfigurationError(f"crash_retries must be an integer >= 0, got {self.crash_retries!r}")
+        for flag in ("normalize", "truncate", "use_mmap", "flash_attn", "verbose"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+
+    @property
+    def name(self) -> str:
+        """The registered name (``model_name`` after defaulting)."""
+        assert self.model_name is not None
+        return self.model_name
+
+    @property
+    def threads(self) -> int:
+        """Threads per instance after defaulting."""
+        return self.n_threads or default_thread_count(self.n_workers)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """Return a copy with ``changes`` applied (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def output_options(self) -> tuple[str, bool, int | None, bool, int | None]:
+        """The options that change a text's vector; part of every cache key."""
+        assert isinstance(self.pooling, Pooling)
+        return (self.pooling.value, self.normalize, self.dimensions, self.truncate, self.max_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Engine-wide settings."""
+
+    cache_size: int = 10_000
+    """How many embeddings the LRU cache keeps (0 disables it). Defaults to 10,000."""
+
+    chunk_size: int = 64
+    """A large batch is split into jobs of this many texts, so short queries are not stuck behind it and several
+    workers can share it. Defaults to 64."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise ConfigurationError(f"cache_size must be an integer >= 0, got {self.cache_size!r}")
+        _check_positive("chunk_size", self.chunk_size, allow_none=False)

@@ -1,0 +1,340 @@
+"""``EmbeddingModel``: one ``llama_cpp.Llama``, its lifecycle, tokenization and the forward pass.
+
+An ``EmbeddingModel`` is **not thread-safe** (llama.cpp contexts are not): the engine gives each instance to one
+worker thread for its whole life. Use it directly only from a single thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from .batching import plan_decodes
+from .config import ModelConfig, Pooling
+from .errors import ConfigurationError, EmbeddingError, InvalidInputError, ModelLoadError
+from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, file_fingerprint, read_header
+from .pooling import pool_tokens, postprocess
+
+__all__ = ["EmbeddingModel", "validate_text"]
+
+logger = logging.getLogger(__name__)
+
+_LLAMA_POOLING = {
+    Pooling.MEAN: llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    Pooling.CLS: llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
+    Pooling.MAX: llama_cpp.LLAMA_POOLING_TYPE_NONE,
+    Pooling.MEAN_SQRT_LEN: llama_cpp.LLAMA_POOLING_TYPE_NONE,
+}
+_GGUF_POOLING = {1: Pooling.MEAN, 2: Pooling.CLS, 3: Pooling.LAST}
+# general.file_type values of unquantized weights: F32, F16, BF16
+_UNQUANTIZED_FILE_TYPES = {0, 1, 32}
+
+_native.install_log_handler()
+
+
+def validate_text(text: object, index: int | None = None) -> str:
+    """Return ``text`` if it can be embedded, else raise ``InvalidInputError`` naming ``index`` and the reason."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"expected str, got {type(text).__name__}", index=index)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"not valid Unicode: {exc.reason} at character {exc.start} ({text[exc.start:exc.end]!r})", index=index
+        ) from None
+    return text
+
+
+class EmbeddingModel:
+    """One loaded GGUF embedding model.
+
+    Example:
+        >>> with EmbeddingModel(ModelConfig(model_path="model.gguf")) as model:  # doctest: +SKIP
+        ...     vectors = model.embed(["hello", "world"])
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self._llama: Any = None
+        self._batch: _native.DecodeBatch | None = None
+        self._header: GGUFHeader | None = None
+        self._pooling: Pooling | None = None
+        self._limit = 0
+        self._n_embd = 0
+        self._budget = 0
+        self._add_eos = False
+        self._has_memory = False
+        self._fingerprint = ""
+
+    # ----------------------------------------------------------------- lifecycle
+    def load(self) -> EmbeddingModel:
+        """Load the model (idempotent). Every check that can fail runs before llama.cpp touches the file.
+
+        Raises:
+            ModelNotFoundError: the file does not exist.
+            ModelLoadError: not a loadable GGUF embedding model, or a crash-prone build for its weight type.
+            ConfigurationError: options that do not fit this model.
+        """
+        if self._llama is not None:
+            return self
+        cfg = self.config
+        path = Path(cfg.model_path)
+        check_model_file(path)
+        header = read_header(path)
+        if cfg.n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+            raise ConfigurationError(
+                f"n_gpu_layers={cfg.n_gpu_layers} but this llama-cpp-python build has no GPU support; use 0"
+            )
+        pooling = self._resolve_pooling(header)
+        file_type = header.metadata.get("general.file_type")
+        if file_type is not None and file_type not in _UNQUANTIZED_FILE_TYPES and cfg.isolation == "thread":
+            risk = _native.amx_crash_risk()
+            if risk:
+                raise ModelLoadError(f"refusing to load quantized model {path.name}: {risk}")
+        limit = self._input_limit(header)
+        budget = max(cfg.batch_tokens, limit)
+        n_seq = min(cfg.max_texts_per_decode, budget)
+        _native.clear_native_errors()
+        quiet = contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(io.StringIO())
+        if cfg.verbose:
+            _native.set_echo(True)
+        try:
+            with quiet:
+                llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    embedding=True,
+                    n_ctx=budget,
+                    n_batch=budget,
+                    n_ubatch=budget,
+                    n_threads=cfg.threads,
+                    n_threads_batch=cfg.threads,
+                    n_gpu_layers=cfg.n_gpu_layers,
+                    use_mmap=cfg.use_mmap,
+                    pooling_type=_LLAMA_POOLING[pooling],
+                    flash_attn=cfg.flash_attn,
+                    verbose=True,  # keeps llama-cpp-python from redirecting process-wide file descriptors
+                )
+        except Exception as exc:
+            if cfg.verbose:
+                _native.set_echo(False)
+            detail = _native.recent_native_errors()
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {exc}" + (f" ({detail})" if detail else "")
+            ) from None
+        ctx = llama.ctx
+        # n_seq_max is min(n_batch, LLAMA_MAX_SEQ) inside Llama; we pack at most n_seq texts per decode
+        self._n_embd = int(llama.n_embd())
+        if cfg.dimensions is not None and cfg.dimensions > self._n_embd:
+            llama.close()
+            if cfg.verbose:
+                _native.set_echo(False)
+            raise ConfigurationError(f"dimensions={cfg.dimensions} exceeds the model's {self._n_embd} dimensions")
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self._add_eos = bool(llama_cpp.llama_vocab_get_add_eos(vocab))
+        self._has_memory = bool(llama_cpp.llama_get_memory(ctx))
+        self._batch = _native.DecodeBatch(budget, n_seq)
+        self._llama, self._header, self._pooling = llama, header, pooling
+        self._limit, self._budget = limit, budget
+        self._fingerprint = file_fingerprint(path)
+        logger.info(
+            "loaded %s (%s, %d dims, limit %d tokens, pooling %s, %d threads)",
+            path.name, header.architecture, self._n_embd, limit, pooling.value, cfg.threads,
+        )
+        return self
+
+    def unload(self) -> None:
+        """Free the native model and context (idempotent)."""
+        llama, self._llama, self._batch = self._llama, None, None
+        if llama is not None:
+            llama.close()
+            if self.config.verbose:
+                _native.set_echo(False)
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the native model is loaded."""
+        return self._llama is not None
+
+    def __enter__(self) -> EmbeddingModel:
+        return self.load()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.unload()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.unload()
+
+    # ----------------------------------------------------------------- metadata
+    def _require(self) -> Any:
+        if self._llama is None:
+            raise EmbeddingError(f"model {self.config.name!r} is not loaded")
+        return self._llama
+
+    @property
+    def native_dimensions(self) -> int:
+        """Width of the model's own embeddings."""
+        self._require()
+        return self._n_embd
+
+    @property
+    def embedding_dimensions(self) -> int:
+        """Width of the vectors this model returns (``dimensions`` if set, else the native width)."""
+        self._require()
+        return self.config.dimensions or self._n_embd
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Most tokens one input may have, special tokens included."""
+        self._require()
+        return self._limit
+
+    @property
+    def model_size(self) -> int:
+        """Size of the model file in bytes."""
+        return Path(self.config.model_path).stat().st_size
+
+    @property
+    def architecture(self) -> str:
+        """``general.architecture`` of the GGUF, e.g. ``"bert"``."""
+        self._require()
+        assert self._header is not None
+        return self._header.architecture
+
+    @property
+    def model_pooling(self) -> Pooling | None:
+        """The pooling recorded in the GGUF, if any."""
+        self._require()
+        assert self._header is not None
+        return _GGUF_POOLING.get(int(self._header.arch_value("pooling_type") or 0))
+
+    @property
+    def pooling(self) -> Pooling:
+        """The pooling this instance applies."""
+        self._require()
+        assert self._pooling is not None
+        return self._pooling
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the model file (size + content hash of its ends)."""
+        self._require()
+        return self._fingerprint
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF's metadata (long arrays summarized)."""
+        self._require()
+        assert self._header is not None
+        return dict(self._header.metadata)
+
+    # ----------------------------------------------------------------- tokens
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's special tokens (e.g. [CLS] ... [SEP]); never truncated."""
+        llama = self._require()
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def prepare(self, text: object, index: int | None = None) -> npt.NDArray[np.int32]:
+        """Validate and tokenize one input, applying the truncation policy.
+
+        Raises:
+            InvalidInputError: not a str, not encodable, empty after tokenization, or over the limit with
+                ``truncate=False``.
+        """
+        text = validate_text(text, index)
+        tokens = self.tokenize(text)
+        if not tokens:
+            raise InvalidInputError("text produces no tokens", index=index, model_name=self.config.name)
+        if len(tokens) > self._limit:
+            if not self.config.truncate:
+                raise InvalidInputError(
+                    f"{len(tokens)} tokens exceed the model's limit of {self._limit} "
+                    "(pass truncate=True to cut long inputs)",
+                    index=index, n_tokens=len(tokens), limit=self._limit, model_name=self.config.name,
+                )
+            tokens = tokens[: self._limit - 1] + tokens[-1:] if self._add_eos else tokens[: self._limit]
+        return np.asarray(tokens, dtype=np.int32)
+
+    # ----------------------------------------------------------------- forward pass
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed ``texts``: one row per text, in order. Raises ``InvalidInputError`` for the first bad text."""
+        return self.embed_tokens([self.prepare(t, i) for i, t in enumerate(texts)])
+
+    def embed_tokens(self, sequences: Sequence[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
+        """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order."""
+        self._require()
+        assert self._batch is not None
+        out = np.empty((len(sequences), self._n_embd), dtype=np.float32)
+        lengths = [len(s) for s in sequences]
+        for group in plan_decodes(lengths, max_tokens=self._budget, max_texts=len(self._batch.seq_values)):
+            out[group] = self._decode([sequences[i] for i in group])
+        return postprocess(out, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
+
+    def _decode(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
+        llama, batch = self._llama, self._batch
+        assert batch is not None and self._pooling is not None
+        ctx = llama.ctx
+        if self._has_memory:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        n = batch.fill(sequences)
+        rc = llama_cpp.llama_decode(ctx, batch.batch)
+        if rc != 0:
+            raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(sequences)} texts)")
+        dim = self._n_embd
+        if self._pooling.is_native:
+            rows = np.empty((len(sequences), dim), dtype=np.float32)
+            for i in range(len(sequences)):
+                ptr = llama_cpp.llama_get_embeddings_seq(ctx, i)
+                if not ptr:
+                    raise EmbeddingError(f"llama.cpp returned no embedding for sequence {i}")
+                rows[i] = np.ctypeslib.as_array(ptr, shape=(dim,))
+            return rows
+        ptr = llama_cpp.llama_get_embeddings(ctx)
+        if not ptr:
+            raise EmbeddingError("llama.cpp returned no token embeddings")
+        tokens = np.ctypeslib.as_array(ptr, shape=(n, dim))
+        rows = np.empty((len(sequences), dim), dtype=np.float32)
+        start = 0
+        for i, seq in enumerate(sequences):
+            rows[i] = pool_tokens(tokens[start : start + len(seq)], self._pooling)
+            start += len(seq)
+        return rows
+
+    # ----------------------------------------------------------------- config resolution
+    def _resolve_pooling(self, header: GGUFHeader) -> Pooling:
+        requested = Pooling.parse(self.config.pooling)
+        if requested is not Pooling.MODEL:
+            return requested
+        value = int(header.arch_value("pooling_type") or 0)
+        if value == 4:
+            raise ModelLoadError(f"{header.architecture} model uses RANK pooling (a reranker), not embeddings")
+        if value not in _GGUF_POOLING:
+            raise ConfigurationError(
+                f"the model records no pooling type ({header.architecture}); pass pooling= one of "
+                + ", ".join(repr(p.value) for p in Pooling if p is not Pooling.MODEL)
+            )
+        return _GGUF_POOLING[value]
+
+    def _input_limit(self, header: GGUFHeader) -> int:
+        recorded = header.metadata.get(MAX_SEQ_LENGTH_KEY) or header.arch_value("context_length")
+        limit = int(recorded) if recorded else self.config.batch_tokens
+        if self.config.max_tokens is not None:
+            if self.config.max_tokens > limit:
+                raise ConfigurationError(
+                    f"max_tokens={self.config.max_tokens} exceeds the model's limit of {limit} tokens"
+                )
+            limit = self.config.max_tokens
+        return max(1, min(limit, 1 << 16))

@@ -1,0 +1,240 @@
+"""The model threads: each creates, owns and frees one ``EmbeddingModel``; callers only see futures.
+
+Workers of one model share a queue. A worker takes a job, then drains whatever else is waiting (up to
+``COALESCE_TEXTS`` texts) so concurrent requests share its next decodes. Cancelled futures are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import ModelConfig
+from .errors import EngineClosedError, InvalidInputError
+from .model import EmbeddingModel
+
+__all__ = ["COALESCE_TEXTS", "Job", "JobResult", "ModelInfo", "ModelWorker", "serve_round"]
+
+logger = logging.getLogger(__name__)
+
+COALESCE_TEXTS = 256
+"""Most texts one worker round takes from the queue."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, as the engine reports it."""
+
+    name: str
+    path: str
+    architecture: str
+    dimensions: int
+    native_dimensions: int
+    max_tokens: int
+    pooling: str
+    model_pooling: str | None
+    normalize: bool
+    size_bytes: int
+    fingerprint: str
+    n_workers: int
+    n_threads: int
+    isolation: str
+
+    @classmethod
+    def of(cls, model: EmbeddingModel) -> ModelInfo:
+        """Describe a loaded ``model``."""
+        cfg = model.config
+        return cls(
+            name=cfg.name, path=str(cfg.model_path), architecture=model.architecture,
+            dimensions=model.embedding_dimensions, native_dimensions=model.native_dimensions,
+            max_tokens=model.max_sequence_length, pooling=model.pooling.value,
+            model_pooling=model.model_pooling.value if model.model_pooling else None, normalize=cfg.normalize,
+            size_bytes=model.model_size, fingerprint=model.fingerprint, n_workers=cfg.n_workers,
+            n_threads=cfg.threads, isolation=cfg.isolation,
+        )
+
+
+@dataclass
+class JobResult:
+    """Vectors for the valid texts of a job (NaN rows where a text was invalid) and the per-index errors."""
+
+    vectors: npt.NDArray[np.float32]
+    errors: dict[int, InvalidInputError] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """Texts to embed and the future that receives a :class:`JobResult`."""
+
+    texts: list[Any]
+    collect_errors: bool = False
+    indices: list[int] | None = None
+    """The caller's index of each text (errors name it); defaults to the position in ``texts``."""
+    future: Future[JobResult] = field(default_factory=Future)
+    attempts: int = 0
+
+    def payload(self) -> tuple[list[Any], bool, list[int] | None]:
+        """What :func:`serve_round` needs of this job (picklable, for process isolation)."""
+        return self.texts, self.collect_errors, self.indices
+
+
+Payload = tuple[list[Any], bool, "list[int] | None"]
+
+
+def serve_round(model: EmbeddingModel, payloads: list[Payload]) -> list[JobResult | BaseException]:
+    """Embed several jobs' texts in shared decodes.
+
+    A job whose texts include an invalid one gets that ``InvalidInputError`` (naming the caller's index)
+    unless it collects errors, in which case its valid texts are embedded and the errors returned beside them,
+    keyed by position in the job.
+    """
+    outcomes: list[JobResult | BaseException] = []
+    sequences: list[npt.NDArray[np.int32]] = []
+    slots: list[tuple[int, list[int]]] = []  # (outcome index, rows of its valid texts)
+    for texts, collect, indices in payloads:
+        errors: dict[int, InvalidInputError] = {}
+        prepared: list[tuple[int, npt.NDArray[np.int32]]] = []
+        for i, text in enumerate(texts):
+            try:
+                prepared.append((i, model.prepare(text, i if indices is None else indices[i])))
+            except InvalidInputError as exc:
+                errors[i] = exc
+                if not collect:
+                    break
+        if errors and not collect:
+            outcomes.append(next(iter(errors.values())))
+            continue
+        vectors = np.full((len(texts), model.embedding_dimensions), np.nan, dtype=np.float32)
+        outcomes.append(JobResult(vectors, errors))
+        slots.append((len(outcomes) - 1, [i for i, _ in prepared]))
+        sequences.extend(tokens for _, tokens in prepared)
+    if sequences:
+        try:
+            rows = model.embed_tokens(sequences)
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the round
+            return [exc if isinstance(o, JobResult) else o for o in outcomes]
+        start = 0
+        for slot, indices in slots:
+            result = outcomes[slot]
+            assert isinstance(result, JobResult)
+            result.vectors[indices] = rows[start : start + len(indices)]
+            start += len(indices)
+    return outcomes
+
+
+class Backend(Protocol):
+    """Where a worker's model lives: in its own thread, or in a child process."""
+
+    def load(self) -> ModelInfo: ...
+    def serve(self, jobs: list[Job]) -> None: ...
+    def close(self) -> None: ...
+
+
+class ThreadBackend:
+    """The model lives in the worker thread itself."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.model = EmbeddingModel(config)
+
+    def load(self) -> ModelInfo:
+        return ModelInfo.of(self.model.load())
+
+    def serve(self, jobs: list[Job]) -> None:
+        for job, outcome in zip(jobs, serve_round(self.model, [j.payload() for j in jobs])):
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    def close(self) -> None:
+        self.model.unload()
+
+
+_STOP = object()
+
+
+class ModelWorker(threading.Thread):
+    """A daemon thread that owns one backend (one model instance) for its whole life."""
+
+    def __init__(self, config: ModelConfig, jobs: queue.Queue[Any], index: int = 0) -> None:
+        super().__init__(name=f"embellama-{config.name}-{index}", daemon=True)
+        self.config = config
+        self.jobs = jobs
+        self.loaded: Future[ModelInfo] = Future()
+        self._backend: Backend | None = None
+
+    def _make_backend(self) -> Backend:
+        if self.config.isolation == "process":
+            from .isolation import ProcessBackend
+
+            return ProcessBackend(self.config)
+        return ThreadBackend(self.config)
+
+    def run(self) -> None:
+        try:
+            backend = self._make_backend()
+            self.loaded.set_result(backend.load())
+        except BaseException as exc:  # noqa: BLE001 - reported through the future
+            self.loaded.set_exception(exc)
+            return
+        self._backend = backend
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is _STOP:
+                    break
+                round_ = [job]
+                n_texts = len(job.texts)
+                stop_after = False
+                while n_texts < COALESCE_TEXTS:
+                    try:
+                        more = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop_after = True
+                        break
+                    round_.append(more)
+                    n_texts += len(more.texts)
+                live = [j for j in round_ if j.future.set_running_or_notify_cancel()]
+                if live:
+                    try:
+                        backend.serve(live)
+                    except BaseException as exc:  # noqa: BLE001 - never leave a caller hanging
+                        for j in live:
+                            if not j.future.done():
+                                j.future.set_exception(exc)
+                if stop_after:
+                    break
+        finally:
+            backend.close()
+            _fail_pending(self.jobs)
+
+    @staticmethod
+    def stop(jobs: queue.Queue[Any], n_workers: int) -> None:
+        """Ask ``n_workers`` workers reading ``jobs`` to finish what they hold and exit."""
+        for _ in range(n_workers):
+            jobs.put(_STOP)
+
+
+def _fail_pending(jobs: queue.Queue[Any]) -> None:
+    """Fail jobs still queued after a worker left; stop signals meant for its siblings are put back."""
+    stops = 0
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if job is _STOP:
+            stops += 1
+        elif job.future.set_running_or_notify_cancel():
+            job.future.set_exception(EngineClosedError("the model was unloaded before this request was served"))
+    for _ in range(stops):
+        jobs.put(_STOP)
