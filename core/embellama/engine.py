@@ -66,6 +66,17 @@ class _ModelPool:
         self.jobs: queue.Queue[Any] = queue.Queue()
         self.workers = [ModelWorker(config, self.jobs, i) for i in range(config.n_workers)]
         self.info: ModelInfo | None = None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def put(self, job: Job) -> None:
+        """Queue ``job``; once the pool is stopping it fails with ``EngineClosedError`` instead (never hangs)."""
+        with self._lock:
+            if not self.closed:
+                self.jobs.put(job)
+                return
+        if job.future.set_running_or_notify_cancel():
+            job.future.set_exception(EngineClosedError("the model was unloaded before this request was served"))
 
     def start(self) -> ModelInfo:
         for w in self.workers:
@@ -79,6 +90,8 @@ class _ModelPool:
         return self.info
 
     def stop(self, timeout: float | None = 30.0) -> None:
+        with self._lock:
+            self.closed = True
         _fail_pending(self.jobs)
         ModelWorker.stop(self.jobs, len(self.workers))
         current = threading.current_thread()
@@ -266,8 +279,16 @@ class EmbeddingEngine:
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
         """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future."""
         job = Job(list(texts), collect_errors)
-        self._pool(name).jobs.put(job)
+        self._pool(name).put(job)
         return job.future
+
+    def worker_pids(self, name: str) -> list[int | None]:
+        """Diagnostics: the process id serving each worker of model ``name``.
+
+        With ``isolation="process"`` these are the child processes (None while a crashed child awaits restart);
+        otherwise every entry is this process's id.
+        """
+        return [w.pid for w in self._pool(name).workers]
 
     # ------------------------------------------------------------------ cache & lifecycle
     def cache_stats(self) -> CacheStats:
@@ -380,7 +401,7 @@ class EmbeddingEngine:
 
                 job.future.add_done_callback(report)
             futures.append(job.future)
-            pool.jobs.put(job)
+            pool.put(job)
         if progress is not None and not plan.chunks:
             progress(plan.n, plan.n)
         return futures

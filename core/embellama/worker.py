@@ -7,6 +7,7 @@ Workers of one model share a queue. A worker takes a job, then drains whatever e
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -169,6 +170,17 @@ class ModelWorker(threading.Thread):
         self.jobs = jobs
         self.loaded: Future[ModelInfo] = Future()
         self._backend: Backend | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id serving this worker's model: its child's with process isolation, else this process's."""
+        backend = self._backend
+        if backend is None:
+            return None
+        if isinstance(backend, ThreadBackend):
+            return os.getpid()
+        pid: int | None = getattr(backend, "pid", None)
+        return pid
 
     def _make_backend(self) -> Backend:
         if self.config.isolation == "process":
