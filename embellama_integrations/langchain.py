@@ -1,0 +1,164 @@
+"""LangChain adapter: ``EmbellamaEmbeddings``, a local GGUF drop-in for any LangChain ``Embeddings``.
+
+Example:
+    >>> from embellama_integrations.langchain import EmbellamaEmbeddings
+    >>> embeddings = EmbellamaEmbeddings()  # the default model; or model_path="/path/to/model.gguf"
+    >>> vector = embeddings.embed_query("What is llama.cpp?")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from embellama.client import DEFAULT_BATCH_SIZE, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine import EmbeddingEngine
+from embellama.hub import download_model
+from embellama.worker import ModelInfo
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+__all__ = ["EmbellamaEmbeddings"]
+
+
+class EmbellamaEmbeddings(BaseModel, Embeddings):
+    """Local embeddings from a GGUF model through llama.cpp, for LangChain.
+
+    Every instance with the same model file and model options shares one loaded model (with LlamaIndex
+    adapters too). Construction is cheap; the model loads on first use unless ``preload=True``.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.vectorstores import InMemoryVectorStore
+            from embellama_integrations.langchain import EmbellamaEmbeddings
+
+            embeddings = EmbellamaEmbeddings(model_path="all-MiniLM-L6-v2-f16.gguf")
+            store = InMemoryVectorStore.from_texts(["llamas are camelids"], embeddings)
+            store.similarity_search("What is a llama?", k=1)
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+    model_path: str | None = Field(default_factory=model_path_from_env)
+    """Path to the GGUF file. Defaults to ``$EMBELLAMA_MODEL_PATH``, else embellama's default model
+    (all-MiniLM-L6-v2, built on first use)."""
+
+    model_name: str | None = None
+    """With ``engine``: the name of a model already loaded there (then ``model_path`` stays unset). Otherwise the
+    name to register the model under. Defaults to the file name without ``.gguf``."""
+
+    engine: EmbeddingEngine | None = Field(default=None, exclude=True)
+    """An existing ``embellama.EmbeddingEngine`` to share. Defaults to the process-wide shared engine."""
+
+    pooling: str = "model"
+    """Pooling: ``"model"`` (the GGUF's own), ``"mean"``, ``"cls"``, ``"last"``, ``"max"`` or
+    ``"mean_sqrt_len"``."""
+
+    normalize: bool = True
+    """L2-normalize vectors (so dot product equals cosine similarity)."""
+
+    dimensions: int | None = None
+    """Keep only the first N dimensions (Matryoshka models). Defaults to all."""
+
+    truncate: bool = False
+    """Cut over-long texts to the model's limit instead of raising ``embellama.InvalidInputError``."""
+
+    query_instruction: str = ""
+    """Prefix added to every query, e.g. ``"query: "`` (E5) or ``"search_query: "`` (nomic)."""
+
+    document_instruction: str = ""
+    """Prefix added to every document, e.g. ``"passage: "`` (E5) or ``"search_document: "`` (nomic)."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Texts sent to the model per request."""
+
+    n_threads: int | None = None
+    """CPU threads per model instance. Defaults to the usable cores divided by ``n_workers``."""
+
+    n_gpu_layers: int = 0
+    """Layers offloaded to a GPU (-1: all; needs a GPU build of llama-cpp-python)."""
+
+    n_workers: int = 1
+    """Model instances serving requests in parallel, each on its own thread."""
+
+    show_progress: bool = False
+    """Show a tqdm progress bar while embedding documents (needs the ``progress`` extra)."""
+
+    preload: bool = False
+    """Load the model when the object is created instead of on first use."""
+
+    _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the fields; invalid options raise ``embellama.ConfigurationError`` (from the core)."""
+        super().__init__(**data)
+        if self.preload:
+            self.client.preload()
+        else:
+            _ = self.client
+
+    @property
+    def client(self) -> EmbeddingClient:
+        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        return self._slot.get(
+            dict(
+                model_path=self.model_path,
+                engine=self.engine,
+                model_name=self.model_name,
+                pooling=self.pooling,
+                normalize=self.normalize,
+                dimensions=self.dimensions,
+                truncate=self.truncate,
+                n_threads=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                n_workers=self.n_workers,
+                batch_size=self.batch_size,
+                query_instruction=self.query_instruction,
+                document_instruction=self.document_instruction,
+                show_progress=self.show_progress,
+            )
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        **fields: Any,
+    ) -> EmbellamaEmbeddings:
+        """Use ``filename`` from the hub repository ``repo_id`` (downloaded or found in the hub cache).
+
+        Needs the ``hub`` extra; honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``. ``fields`` are this class's.
+        """
+        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
+        return cls(model_path=str(path), **fields)
+
+    @property
+    def namespace(self) -> str:
+        """A stable namespace from the model's identity and output options, for ``CacheBackedEmbeddings``."""
+        return self.client.namespace
+
+    @property
+    def info(self) -> ModelInfo:
+        """Metadata of the loaded model (loads it if needed)."""
+        return self.client.info
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents: one vector (a list of Python floats) per text, in order."""
+        return self.client.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query."""
+        return self.client.embed_query(text)
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`: awaits the model's thread (no executor, the loop never blocks)."""
+        return await self.client.aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`: awaits the model's thread."""
+        return await self.client.aembed_query(text)

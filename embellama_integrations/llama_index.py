@@ -1,0 +1,209 @@
+"""LlamaIndex adapter: ``EmbellamaEmbedding``, a local GGUF embedding model for LlamaIndex.
+
+Example:
+    >>> from llama_index.core import Settings
+    >>> from embellama_integrations.llama_index import EmbellamaEmbedding
+    >>> Settings.embed_model = EmbellamaEmbedding()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from embellama.client import ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine import EmbeddingEngine
+from embellama.hub import download_model
+from embellama.worker import ModelInfo
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
+
+__all__ = ["EmbellamaEmbedding"]
+
+
+class EmbellamaEmbedding(BaseEmbedding):
+    """Local embeddings from a GGUF model through llama.cpp, for LlamaIndex.
+
+    Every instance with the same model file and model options shares one loaded model (with LangChain
+    adapters too). Construction is cheap; the model loads on first use unless ``preload=True``.
+
+    Args:
+        model_path: GGUF file. Defaults to ``$EMBELLAMA_MODEL_PATH``, else embellama's default model.
+        model_name: With ``engine``: a model already loaded there. Otherwise the registration name
+            (defaults to the file name without ``.gguf``).
+        engine: An existing ``embellama.EmbeddingEngine`` to share (not serialized). Defaults to the
+            process-wide shared engine.
+        pooling, normalize, dimensions, truncate, query_instruction, text_instruction, n_threads, n_gpu_layers,
+            n_workers, show_progress: See the fields.
+        embed_batch_size: Texts per batch (LlamaIndex's batching and embellama's requests).
+        preload: Load the model now instead of on first use.
+        **kwargs: Other ``BaseEmbedding`` fields (``callback_manager``, ``num_workers``, ...).
+
+    Raises:
+        embellama.ConfigurationError: an option is invalid.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core import Settings, VectorStoreIndex, Document
+            from embellama_integrations.llama_index import EmbellamaEmbedding
+
+            Settings.embed_model = EmbellamaEmbedding(model_path="all-MiniLM-L6-v2-f16.gguf")
+            index = VectorStoreIndex.from_documents([Document(text="llamas are camelids")])
+    """
+
+    model_path: str | None = Field(default=None, description="Path to the GGUF file.")
+    pooling: str = Field(
+        default="model",
+        description="Pooling: 'model' (the GGUF's own), 'mean', 'cls', 'last', 'max' or 'mean_sqrt_len'.",
+    )
+    normalize: bool = Field(default=True, description="L2-normalize vectors (dot product equals cosine).")
+    dimensions: int | None = Field(default=None, description="Keep only the first N dimensions (Matryoshka).")
+    truncate: bool = Field(default=False, description="Cut over-long texts instead of raising InvalidInputError.")
+    query_instruction: str = Field(default="", description="Prefix added to every query, e.g. 'query: '.")
+    text_instruction: str = Field(default="", description="Prefix added to every text (document), e.g. 'passage: '.")
+    n_threads: int | None = Field(
+        default=None, description="CPU threads per model instance (default: cores/n_workers)."
+    )
+    n_gpu_layers: int = Field(default=0, description="Layers offloaded to a GPU (-1: all).")
+    n_workers: int = Field(default=1, description="Model instances serving requests, each on its own thread.")
+    show_progress: bool = Field(default=False, description="Show embellama's tqdm bar while embedding texts.")
+
+    _engine: EmbeddingEngine | None = PrivateAttr(default=None)
+    _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        model_name: str | None = None,
+        engine: EmbeddingEngine | None = None,
+        pooling: str = "model",
+        normalize: bool = True,
+        dimensions: int | None = None,
+        truncate: bool = False,
+        query_instruction: str = "",
+        text_instruction: str = "",
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_workers: int = 1,
+        show_progress: bool = False,
+        embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
+        preload: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if model_path is None and not (engine is not None and model_name is not None):
+            model_path = model_path_from_env()
+        options: dict[str, Any] = dict(
+            pooling=pooling,
+            normalize=normalize,
+            dimensions=dimensions,
+            truncate=truncate,
+            query_instruction=query_instruction,
+            text_instruction=text_instruction,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            n_workers=n_workers,
+            show_progress=show_progress,
+        )
+        # validate in the core first, so invalid options raise embellama's ConfigurationError
+        probe = EmbeddingClient(**_client_options(model_path, model_name, engine, embed_batch_size, options))
+        fields: dict[str, Any] = dict(
+            options,
+            model_path=None if model_path is None else str(model_path),
+            model_name=model_name or probe.model_name,
+            embed_batch_size=embed_batch_size,
+        )
+        super().__init__(**fields, **kwargs)
+        self._engine = engine
+        if preload:
+            self.client.preload()
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used by LlamaIndex's serialization."""
+        return "EmbellamaEmbedding"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        **options: Any,
+    ) -> EmbellamaEmbedding:
+        """Use ``filename`` from the hub repository ``repo_id`` (downloaded or found in the hub cache).
+
+        Needs the ``hub`` extra; honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``. ``options`` are ``__init__``'s.
+        """
+        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
+        return cls(model_path=path, **options)
+
+    @property
+    def client(self) -> EmbeddingClient:
+        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        options = dict(
+            pooling=self.pooling,
+            normalize=self.normalize,
+            dimensions=self.dimensions,
+            truncate=self.truncate,
+            query_instruction=self.query_instruction,
+            text_instruction=self.text_instruction,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+            n_workers=self.n_workers,
+            show_progress=self.show_progress,
+        )
+        return self._slot.get(
+            _client_options(self.model_path, self.model_name, self._engine, self.embed_batch_size, options)
+        )
+
+    @property
+    def namespace(self) -> str:
+        """A stable key from the model's identity and output options (e.g. for an embeddings cache)."""
+        return self.client.namespace
+
+    @property
+    def info(self) -> ModelInfo:
+        """Metadata of the loaded model (loads it if needed)."""
+        return self.client.info
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self.client.embed_query(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self.client.embed_documents([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self.client.embed_documents(texts)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await self.client.aembed_query(query)
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return (await self.client.aembed_documents([text]))[0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await self.client.aembed_documents(texts)
+
+
+def _client_options(
+    model_path: str | Path | None,
+    model_name: str | None,
+    engine: EmbeddingEngine | None,
+    batch_size: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """``EmbeddingClient`` keyword arguments from LlamaIndex's names (``text_instruction``, ``embed_batch_size``)."""
+    out = {k: v for k, v in options.items() if k != "text_instruction"}
+    out.update(
+        model_path=model_path,
+        model_name=model_name,
+        engine=engine,
+        batch_size=batch_size,
+        document_instruction=options["text_instruction"],
+    )
+    return out
