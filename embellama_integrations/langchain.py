@@ -38,7 +38,9 @@ class EmbellamaEmbeddings(BaseModel, Embeddings):
             store.similarity_search("What is a llama?", k=1)
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True, use_attribute_docstrings=True
+    )
 
     model_path: str | None = Field(default_factory=model_path_from_env)
     """Path to the GGUF file. Defaults to ``$EMBELLAMA_MODEL_PATH``, else embellama's default model
