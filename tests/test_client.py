@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError, ModelConfig, ModelNotFoundError
 from embellama.client import EmbeddingClient, shared_engine
 
@@ -83,7 +82,7 @@ def test_output_is_python_floats_in_order(engine: EmbeddingEngine) -> None:
     vectors = client.embed_documents(texts)
     assert len(vectors) == 10
     assert all(type(x) is float for v in vectors for x in v)
-    for text, vector in zip(texts, vectors):  # order kept across batches of 3
+    for text, vector in zip(texts, vectors, strict=True):  # order kept across batches of 3
         assert np.allclose(vector, engine.embed(MODEL_NAME, text), atol=1e-5)
     assert client.embed_documents([]) == []
 

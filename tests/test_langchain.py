@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from embellama import ConfigurationError, EmbeddingEngine, default_model_path
+from embellama.client import shared_engine
 from langchain_classic.embeddings import CacheBackedEmbeddings
 from langchain_core.documents import Document
 from langchain_core.stores import InMemoryByteStore
@@ -15,8 +17,6 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from embellama import ConfigurationError, EmbeddingEngine, default_model_path
-from embellama.client import shared_engine
 from embellama_integrations.langchain import EmbellamaEmbeddings
 
 from .conftest import MODEL_NAME
@@ -146,7 +146,9 @@ async def test_in_memory_vector_store_async(model_path: Path) -> None:
 def test_cache_backed_embeddings(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     embeddings = EmbellamaEmbeddings(model_path=str(model_path))
     store = InMemoryByteStore()
-    cached = CacheBackedEmbeddings.from_bytes_store(embeddings, store, namespace=embeddings.namespace)
+    cached = CacheBackedEmbeddings.from_bytes_store(
+        embeddings, store, namespace=embeddings.namespace, key_encoder="sha256"
+    )
     first = cached.embed_documents(DOCS)
     keys = list(store.yield_keys())
     assert len(keys) == len(DOCS) and all(k.startswith(embeddings.namespace) for k in keys)
