@@ -39,7 +39,8 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
         print(message, end="", file=sys.stderr, flush=True)
     elif message.strip():
-        logger.log(py_level if py_level >= logging.WARNING else logging.DEBUG, "%s", message.rstrip())
+        # llama.cpp logs routine progress as warnings; only its errors deserve more than DEBUG
+        logger.log(logging.ERROR if py_level >= logging.ERROR else logging.DEBUG, "%s", message.rstrip())
 
 
 def install_log_handler() -> None:

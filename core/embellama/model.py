@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from .config import ModelConfig, Pooling
 from .errors import ConfigurationError, EmbeddingError, InvalidInputError, ModelLoadError
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, file_fingerprint, read_header
 from .pooling import pool_tokens, postprocess
+from .wordpiece import WordPieceTokenizer
 
 __all__ = ["EmbeddingModel", "validate_text"]
 
@@ -42,6 +44,9 @@ _UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 _native.install_log_handler()
 
+# printable ASCII plus \t \n \r: llama.cpp's BERT tokenizer agrees with Hugging Face's on exactly these
+_PLAIN_ASCII = re.compile(r"[\x20-\x7e\t\n\r]*")
+
 
 def validate_text(text: object, index: int | None = None) -> str:
     """Return ``text`` if it can be embedded, else raise ``InvalidInputError`` naming ``index`` and the reason."""
@@ -51,7 +56,7 @@ def validate_text(text: object, index: int | None = None) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInputError(
-            f"not valid Unicode: {exc.reason} at character {exc.start} ({text[exc.start:exc.end]!r})", index=index
+            f"not valid Unicode: {exc.reason} at character {exc.start} ({text[exc.start : exc.end]!r})", index=index
         ) from None
     return text
 
@@ -76,6 +81,7 @@ class EmbeddingModel:
         self._add_eos = False
         self._has_memory = False
         self._fingerprint = ""
+        self._wordpiece_tokenizer: WordPieceTokenizer | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def load(self) -> EmbeddingModel:
@@ -149,7 +155,12 @@ class EmbeddingModel:
         self._fingerprint = file_fingerprint(path)
         logger.info(
             "loaded %s (%s, %d dims, limit %d tokens, pooling %s, %d threads)",
-            path.name, header.architecture, self._n_embd, limit, pooling.value, cfg.threads,
+            path.name,
+            header.architecture,
+            self._n_embd,
+            limit,
+            pooling.value,
+            cfg.threads,
         )
         return self
 
@@ -243,9 +254,39 @@ class EmbeddingModel:
 
     # ----------------------------------------------------------------- tokens
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` with the model's special tokens (e.g. [CLS] ... [SEP]); never truncated."""
+        """Token ids of ``text`` with the model's special tokens (e.g. [CLS] ... [SEP]); never truncated.
+
+        BERT vocabularies: plain printable ASCII goes through llama.cpp's tokenizer (identical to BERT's there,
+        checked by a property test); anything else through :class:`~embellama.wordpiece.WordPieceTokenizer`,
+        because llama.cpp's drops characters BERT keeps (Hangul jamo, Indic vowel signs, control characters).
+        """
         llama = self._require()
+        assert self._header is not None
+        if self._header.metadata.get("tokenizer.ggml.model") == "bert" and not _PLAIN_ASCII.fullmatch(text):
+            return self._wordpiece().encode(text)
         return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def _wordpiece(self) -> WordPieceTokenizer:
+        if self._wordpiece_tokenizer is None:  # built on first use: ~0.2 s for a 30k vocabulary
+            llama, meta = self._require(), self.metadata
+            vocab = llama_cpp.llama_model_get_vocab(llama.model)
+            control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            pieces = (
+                (
+                    i,
+                    llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", errors="replace"),
+                    bool(llama_cpp.llama_vocab_get_attr(vocab, i) & control),
+                )
+                for i in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            )
+            self._wordpiece_tokenizer = WordPieceTokenizer(
+                pieces,
+                lowercase=bool(meta.get("tokenizer.ggml.normalizer.lowercase", True)),
+                cls_id=int(meta.get("tokenizer.ggml.bos_token_id", 101)),
+                sep_id=int(meta.get("tokenizer.ggml.seperator_token_id", meta.get("tokenizer.ggml.eos_token_id", 102))),
+                unk_id=int(meta.get("tokenizer.ggml.unknown_token_id", 100)),
+            )
+        return self._wordpiece_tokenizer
 
     def prepare(self, text: object, index: int | None = None) -> npt.NDArray[np.int32]:
         """Validate and tokenize one input, applying the truncation policy.
@@ -263,7 +304,10 @@ class EmbeddingModel:
                 raise InvalidInputError(
                     f"{len(tokens)} tokens exceed the model's limit of {self._limit} "
                     "(pass truncate=True to cut long inputs)",
-                    index=index, n_tokens=len(tokens), limit=self._limit, model_name=self.config.name,
+                    index=index,
+                    n_tokens=len(tokens),
+                    limit=self._limit,
+                    model_name=self.config.name,
                 )
             tokens = tokens[: self._limit - 1] + tokens[-1:] if self._add_eos else tokens[: self._limit]
         return np.asarray(tokens, dtype=np.int32)
