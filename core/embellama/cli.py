@@ -43,8 +43,13 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in source if line.strip()]
     model = ns.model or str(default_model_path())
     config = ModelConfig(
-        model_path=model, model_name="cli", pooling=ns.pooling, normalize=not ns.no_normalize,
-        truncate=ns.truncate, dimensions=ns.dimensions, n_threads=ns.threads,
+        model_path=model,
+        model_name="cli",
+        pooling=ns.pooling,
+        normalize=not ns.no_normalize,
+        truncate=ns.truncate,
+        dimensions=ns.dimensions,
+        n_threads=ns.threads,
     )
     with EmbeddingEngine(cache_size=0) as engine:
         engine.load_model(config)
@@ -58,7 +63,7 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
     else:
         out = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")  # noqa: SIM115
         with out:
-            for text, vec in zip(texts, vectors):
+            for text, vec in zip(texts, vectors, strict=False):
                 out.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
     return 0
 
@@ -119,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("default-model", help="print the default model's path (building it if needed)").set_defaults(
         func=_cmd_default_model
     )
-    sub.add_parser("demo", help="embed a small corpus and run a nearest-neighbour search").set_defaults(
-        func=_cmd_demo
-    )
+    sub.add_parser("demo", help="embed a small corpus and run a nearest-neighbour search").set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -43,8 +43,10 @@ def run() -> list[tuple[str, str, float]]:
         start = time.perf_counter()
         info = engine.load_model(ModelConfig(model_path=path, model_name="minilm"))
         loaded = time.perf_counter() - start
-        print(f"model: {info.name} ({info.architecture}, {info.dimensions} dims, pooling {info.pooling}, "
-              f"{info.size_bytes / 1e6:.0f} MB) loaded in {loaded * 1000:.0f} ms from {path}")
+        print(
+            f"model: {info.name} ({info.architecture}, {info.dimensions} dims, pooling {info.pooling}, "
+            f"{info.size_bytes / 1e6:.0f} MB) loaded in {loaded * 1000:.0f} ms from {path}"
+        )
         start = time.perf_counter()
         docs = engine.embed_batch("minilm", CORPUS, output="numpy")
         queries = engine.embed_batch("minilm", QUERIES, output="numpy")
@@ -52,7 +54,7 @@ def run() -> list[tuple[str, str, float]]:
         print(f"embedded {len(CORPUS) + len(QUERIES)} texts in {took * 1000:.0f} ms\n")
     scores = queries @ docs.T
     results = []
-    for q, row in zip(QUERIES, scores):
+    for q, row in zip(QUERIES, scores, strict=False):
         best = int(np.argmax(row))
         results.append((q, CORPUS[best], float(row[best])))
         print(f"{q!r}\n  -> {CORPUS[best]!r}  (cosine {row[best]:.3f})")

@@ -407,7 +407,7 @@ class EmbeddingEngine:
         return futures
 
     def _finish(self, plan: _Plan, results: list[JobResult], output: Output, on_error: OnError) -> Any:
-        for chunk, result in zip(plan.chunks, results):
+        for chunk, result in zip(plan.chunks, results, strict=False):
             plan.rows[chunk] = result.vectors
             for local, err in result.errors.items():
                 plan.errors[chunk[local]] = err

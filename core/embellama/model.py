@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType

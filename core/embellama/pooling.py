@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import numpy.typing as npt
 
@@ -22,22 +24,24 @@ def pool_tokens(tokens: FloatArray, pooling: Pooling) -> FloatArray:
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise ValueError(f"expected a non-empty [n_tokens, dim] array, got shape {tokens.shape}")
     if pooling is Pooling.MEAN:
-        return tokens.mean(axis=0, dtype=np.float32)
-    if pooling is Pooling.MAX:
-        return tokens.max(axis=0)
-    if pooling is Pooling.MEAN_SQRT_LEN:
-        return (tokens.sum(axis=0, dtype=np.float32) / np.float32(np.sqrt(tokens.shape[0]))).astype(np.float32)
-    if pooling is Pooling.CLS:
-        return tokens[0].copy()
-    if pooling is Pooling.LAST:
-        return tokens[-1].copy()
-    raise ValueError(f"pooling {pooling.value!r} cannot be computed from token embeddings")
+        pooled = tokens.mean(axis=0, dtype=np.float32)
+    elif pooling is Pooling.MAX:
+        pooled = tokens.max(axis=0)
+    elif pooling is Pooling.MEAN_SQRT_LEN:
+        pooled = tokens.sum(axis=0, dtype=np.float32) / np.float32(np.sqrt(tokens.shape[0]))
+    elif pooling is Pooling.CLS:
+        pooled = tokens[0].copy()
+    elif pooling is Pooling.LAST:
+        pooled = tokens[-1].copy()
+    else:
+        raise ValueError(f"pooling {pooling.value!r} cannot be computed from token embeddings")
+    return cast(FloatArray, pooled.astype(np.float32, copy=False))
 
 
 def normalize(vectors: FloatArray) -> FloatArray:
     """L2-normalize each row; an all-zero row stays zero (the norm is clamped at 1e-12, as torch does)."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return cast(FloatArray, (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False))
 
 
 def truncate_dimensions(vectors: FloatArray, dimensions: int | None) -> FloatArray:

@@ -53,12 +53,20 @@ class ModelInfo:
         """Describe a loaded ``model``."""
         cfg = model.config
         return cls(
-            name=cfg.name, path=str(cfg.model_path), architecture=model.architecture,
-            dimensions=model.embedding_dimensions, native_dimensions=model.native_dimensions,
-            max_tokens=model.max_sequence_length, pooling=model.pooling.value,
-            model_pooling=model.model_pooling.value if model.model_pooling else None, normalize=cfg.normalize,
-            size_bytes=model.model_size, fingerprint=model.fingerprint, n_workers=cfg.n_workers,
-            n_threads=cfg.threads, isolation=cfg.isolation,
+            name=cfg.name,
+            path=str(cfg.model_path),
+            architecture=model.architecture,
+            dimensions=model.embedding_dimensions,
+            native_dimensions=model.native_dimensions,
+            max_tokens=model.max_sequence_length,
+            pooling=model.pooling.value,
+            model_pooling=model.model_pooling.value if model.model_pooling else None,
+            normalize=cfg.normalize,
+            size_bytes=model.model_size,
+            fingerprint=model.fingerprint,
+            n_workers=cfg.n_workers,
+            n_threads=cfg.threads,
+            isolation=cfg.isolation,
         )
 
 
@@ -119,7 +127,7 @@ def serve_round(model: EmbeddingModel, payloads: list[Payload]) -> list[JobResul
     if sequences:
         try:
             rows = model.embed_tokens(sequences)
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of the round
+        except Exception as exc:
             return [exc if isinstance(o, JobResult) else o for o in outcomes]
         start = 0
         for slot, indices in slots:
@@ -148,7 +156,7 @@ class ThreadBackend:
         return ModelInfo.of(self.model.load())
 
     def serve(self, jobs: list[Job]) -> None:
-        for job, outcome in zip(jobs, serve_round(self.model, [j.payload() for j in jobs])):
+        for job, outcome in zip(jobs, serve_round(self.model, [j.payload() for j in jobs]), strict=False):
             if isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
             else:
@@ -193,7 +201,7 @@ class ModelWorker(threading.Thread):
         try:
             backend = self._make_backend()
             self.loaded.set_result(backend.load())
-        except BaseException as exc:  # noqa: BLE001 - reported through the future
+        except BaseException as exc:
             self.loaded.set_exception(exc)
             return
         self._backend = backend
@@ -219,7 +227,7 @@ class ModelWorker(threading.Thread):
                 if live:
                     try:
                         backend.serve(live)
-                    except BaseException as exc:  # noqa: BLE001 - never leave a caller hanging
+                    except BaseException as exc:
                         for j in live:
                             if not j.future.done():
                                 j.future.set_exception(exc)

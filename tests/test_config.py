@@ -1,0 +1,91 @@
+"""ModelConfig / EngineConfig validation: every bad value and every process-aborting combination is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from embellama import ConfigurationError, EngineConfig, ModelConfig, Pooling
+from embellama.config import default_thread_count
+
+
+def test_defaults_and_derived_name() -> None:
+    cfg = ModelConfig(model_path="~/models/My-Model.GGUF")
+    assert cfg.name == "My-Model"
+    assert isinstance(cfg.model_path, Path) and "~" not in str(cfg.model_path)
+    assert cfg.pooling is Pooling.MODEL and cfg.normalize and not cfg.truncate
+    assert cfg.threads == default_thread_count(1) >= 1
+
+
+@pytest.mark.parametrize("value", ["mean", "MEAN", Pooling.MEAN])
+def test_pooling_accepts_strings_and_enum(value: Any) -> None:
+    assert ModelConfig(model_path="m.gguf", pooling=value).pooling is Pooling.MEAN
+
+
+def test_unknown_pooling_lists_valid_values() -> None:
+    with pytest.raises(ConfigurationError, match="'mean_sqrt_len'") as info:
+        ModelConfig(model_path="m.gguf", pooling="median")
+    assert "median" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_path": ""}, "model_path"),
+        ({"model_path": 3}, "model_path"),
+        ({"model_name": ""}, "model_name"),
+        ({"dimensions": 0}, "dimensions"),
+        ({"dimensions": 2.5}, "dimensions"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"batch_tokens": 0}, "batch_tokens"),
+        ({"batch_tokens": 1 << 20}, "batch_tokens"),
+        ({"max_texts_per_decode": 0}, "max_texts_per_decode"),
+        ({"max_texts_per_decode": 257}, "max_texts_per_decode"),
+        ({"n_threads": 0}, "n_threads"),
+        ({"n_workers": 0}, "n_workers"),
+        ({"n_workers": True}, "n_workers"),
+        ({"n_gpu_layers": -2}, "n_gpu_layers"),
+        ({"isolation": "container"}, "isolation"),
+        ({"crash_retries": -1}, "crash_retries"),
+        ({"normalize": "yes"}, "normalize"),
+        # llama.cpp aborts (GGML_ASSERT) when n_ubatch < n_seq_max with pooling
+        ({"batch_tokens": 4, "max_texts_per_decode": 8}, "n_ubatch < n_seq_max"),
+        # a non-causal sequence longer than n_ubatch aborts too
+        ({"max_tokens": 600, "batch_tokens": 512}, "one input must fit"),
+    ],
+)
+def test_invalid_values_raise_configuration_error(changes: dict[str, Any], message: str) -> None:
+    options: dict[str, Any] = {"model_path": "m.gguf", **changes}
+    with pytest.raises(ConfigurationError, match=message):
+        ModelConfig(**options)
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(model_path="m.gguf", n_workers=0)
+
+
+def test_replace_validates_again() -> None:
+    cfg = ModelConfig(model_path="m.gguf")
+    assert cfg.replace(model_name="x").name == "x"
+    with pytest.raises(ConfigurationError):
+        cfg.replace(n_threads=0)
+
+
+def test_config_is_immutable_and_hashable() -> None:
+    cfg = ModelConfig(model_path="m.gguf")
+    with pytest.raises(AttributeError):
+        cfg.normalize = False  # type: ignore[misc]
+    assert hash(cfg) == hash(ModelConfig(model_path="m.gguf"))
+
+
+def test_thread_default_splits_cores_between_workers() -> None:
+    assert default_thread_count(64) == 1
+    assert default_thread_count(1) >= default_thread_count(2)
+
+
+@pytest.mark.parametrize("changes", [{"cache_size": -1}, {"cache_size": 1.5}, {"chunk_size": 0}])
+def test_engine_config_validation(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        EngineConfig(**changes)
