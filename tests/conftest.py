@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from embellama import EmbeddingEngine, ModelConfig, default_model_path
 from embellama.default_model import cache_dir
 from embellama.quantize import quantize_model

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from embellama import ConfigurationError, EngineConfig, ModelConfig, Pooling
 from embellama.config import default_thread_count
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from embellama import ConfigurationError, EmbeddingError, EmbeddingModel, InvalidInputError, ModelConfig, Pooling
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from embellama import EmbeddingModel, ModelConfig
 
 from .texts import varied_texts

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from embellama import ModelLoadError, ModelNotFoundError, Pooling
 from embellama.batching import plan_decodes
 from embellama.cache import EmbeddingCache
 from embellama.gguf import check_model_file, file_fingerprint, read_header
 from embellama.pooling import normalize, pool_tokens, postprocess, truncate_dimensions
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def test_pool_tokens_semantics() -> None:
