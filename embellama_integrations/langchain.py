@@ -8,20 +8,18 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from embellama.client import DEFAULT_BATCH_SIZE, ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine import EmbeddingEngine
-from embellama.hub import download_model
-from embellama.worker import ModelInfo
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from embellama.client import DEFAULT_BATCH_SIZE, ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine import EmbeddingEngine
 
 __all__ = ["EmbellamaEmbeddings"]
 
 
-class EmbellamaEmbeddings(BaseModel, Embeddings):
+class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LangChain.
 
     Every instance with the same model file and model options shares one loaded model (with LlamaIndex
@@ -121,33 +119,6 @@ class EmbellamaEmbeddings(BaseModel, Embeddings):
                 show_progress=self.show_progress,
             )
         )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id: str,
-        filename: str,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        **fields: Any,
-    ) -> EmbellamaEmbeddings:
-        """Use ``filename`` from the hub repository ``repo_id`` (downloaded or found in the hub cache).
-
-        Needs the ``hub`` extra; honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``. ``fields`` are this class's.
-        """
-        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
-        return cls(model_path=str(path), **fields)
-
-    @property
-    def namespace(self) -> str:
-        """A stable namespace from the model's identity and output options, for ``CacheBackedEmbeddings``."""
-        return self.client.namespace
-
-    @property
-    def info(self) -> ModelInfo:
-        """Metadata of the loaded model (loads it if needed)."""
-        return self.client.info
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents: one vector (a list of Python floats) per text, in order."""

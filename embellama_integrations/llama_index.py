@@ -11,18 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from embellama.client import ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine import EmbeddingEngine
-from embellama.hub import download_model
-from embellama.worker import ModelInfo
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
+from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine import EmbeddingEngine
+
 __all__ = ["EmbellamaEmbedding"]
 
 
-class EmbellamaEmbedding(BaseEmbedding):
+class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LlamaIndex.
 
     Every instance with the same model file and model options shares one loaded model (with LangChain
@@ -95,7 +94,10 @@ class EmbellamaEmbedding(BaseEmbedding):
     ) -> None:
         if model_path is None and not (engine is not None and model_name is not None):
             model_path = model_path_from_env()
-        options: dict[str, Any] = dict(
+        fields: dict[str, Any] = dict(
+            model_path=None if model_path is None else str(model_path),
+            model_name=model_name,
+            embed_batch_size=embed_batch_size,
             pooling=pooling,
             normalize=normalize,
             dimensions=dimensions,
@@ -107,14 +109,9 @@ class EmbellamaEmbedding(BaseEmbedding):
             n_workers=n_workers,
             show_progress=show_progress,
         )
-        # validate in the core first, so invalid options raise embellama's ConfigurationError
-        probe = EmbeddingClient(**_client_options(model_path, model_name, engine, embed_batch_size, options))
-        fields: dict[str, Any] = dict(
-            options,
-            model_path=None if model_path is None else str(model_path),
-            model_name=model_name or probe.model_name,
-            embed_batch_size=embed_batch_size,
-        )
+        # validated by the core first, so invalid options raise embellama's ConfigurationError
+        probe = EmbeddingClient(**_client_options(fields, engine))
+        fields["model_name"] = model_name or probe.model_name
         super().__init__(**fields, **kwargs)
         self._engine = engine
         if preload:
@@ -125,51 +122,11 @@ class EmbellamaEmbedding(BaseEmbedding):
         """Name used by LlamaIndex's serialization."""
         return "EmbellamaEmbedding"
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id: str,
-        filename: str,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        **options: Any,
-    ) -> EmbellamaEmbedding:
-        """Use ``filename`` from the hub repository ``repo_id`` (downloaded or found in the hub cache).
-
-        Needs the ``hub`` extra; honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``. ``options`` are ``__init__``'s.
-        """
-        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
-        return cls(model_path=path, **options)
-
     @property
     def client(self) -> EmbeddingClient:
         """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
-        options = dict(
-            pooling=self.pooling,
-            normalize=self.normalize,
-            dimensions=self.dimensions,
-            truncate=self.truncate,
-            query_instruction=self.query_instruction,
-            text_instruction=self.text_instruction,
-            n_threads=self.n_threads,
-            n_gpu_layers=self.n_gpu_layers,
-            n_workers=self.n_workers,
-            show_progress=self.show_progress,
-        )
-        return self._slot.get(
-            _client_options(self.model_path, self.model_name, self._engine, self.embed_batch_size, options)
-        )
-
-    @property
-    def namespace(self) -> str:
-        """A stable key from the model's identity and output options (e.g. for an embeddings cache)."""
-        return self.client.namespace
-
-    @property
-    def info(self) -> ModelInfo:
-        """Metadata of the loaded model (loads it if needed)."""
-        return self.client.info
+        fields = {name: getattr(self, name) for name in _CLIENT_FIELDS}
+        return self._slot.get(_client_options(fields, self._engine))
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self.client.embed_query(query)
@@ -190,20 +147,13 @@ class EmbellamaEmbedding(BaseEmbedding):
         return await self.client.aembed_documents(texts)
 
 
-def _client_options(
-    model_path: str | Path | None,
-    model_name: str | None,
-    engine: EmbeddingEngine | None,
-    batch_size: int,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """``EmbeddingClient`` keyword arguments from LlamaIndex's names (``text_instruction``, ``embed_batch_size``)."""
-    out = {k: v for k, v in options.items() if k != "text_instruction"}
-    out.update(
-        model_path=model_path,
-        model_name=model_name,
-        engine=engine,
-        batch_size=batch_size,
-        document_instruction=options["text_instruction"],
-    )
-    return out
+_CLIENT_FIELDS = (
+    "model_path", "model_name", "embed_batch_size", "pooling", "normalize", "dimensions", "truncate",
+    "query_instruction", "text_instruction", "n_threads", "n_gpu_layers", "n_workers", "show_progress",
+)  # fmt: skip
+_RENAMED = {"embed_batch_size": "batch_size", "text_instruction": "document_instruction"}
+
+
+def _client_options(fields: dict[str, Any], engine: EmbeddingEngine | None) -> dict[str, Any]:
+    """``EmbeddingClient`` keyword arguments from this class's fields (LlamaIndex names some differently)."""
+    return {_RENAMED.get(name, name): value for name, value in fields.items()} | {"engine": engine}

@@ -23,9 +23,10 @@ from .default_model import DEFAULT_MODEL_FILE, cache_dir, default_model_path
 from .engine import EmbeddingEngine
 from .errors import ConfigurationError, InvalidInputError
 from .gguf import file_fingerprint
+from .hub import FromPretrained
 from .worker import ModelInfo
 
-__all__ = ["MODEL_PATH_ENV", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
+__all__ = ["MODEL_PATH_ENV", "ClientBacked", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
 
 MODEL_PATH_ENV = "EMBELLAMA_MODEL_PATH"
 """Environment variable naming the GGUF file to use when no ``model_path`` is given."""
@@ -78,7 +79,7 @@ def _check_instruction(name: str, value: object) -> str:
     return value
 
 
-class EmbeddingClient:
+class EmbeddingClient(FromPretrained):
     """Embed documents and queries for a RAG framework, sharing one loaded model per file and options.
 
     Construction only validates options (no file is read, nothing is loaded); the model is registered on first
@@ -173,27 +174,6 @@ class EmbeddingClient:
         if preload:
             self.preload()
 
-    # ------------------------------------------------------------------ construction helpers
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id: str,
-        filename: str,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        **options: Any,
-    ) -> EmbeddingClient:
-        """Download (or find in the local hub cache) ``filename`` from the hub repo ``repo_id`` and use it.
-
-        Needs the ``hub`` extra (``huggingface_hub``); honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``.
-        """
-        from .hub import download_model
-
-        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
-        return cls(path, **options)
-
-    # ------------------------------------------------------------------ identity
     @property
     def model_path(self) -> Path | None:
         """The GGUF file this client embeds with (None only for a registered model given by name)."""
@@ -371,6 +351,28 @@ class ClientSlot:
             self._client = EmbeddingClient(**options)
             self._options = dict(options)
         return self._client
+
+
+class ClientBacked(FromPretrained):
+    """Mixin for framework objects that delegate to an :class:`EmbeddingClient` (both adapters use it).
+
+    Gives them ``from_pretrained`` and the identity properties; subclasses provide :attr:`client`.
+    """
+
+    @property
+    def client(self) -> EmbeddingClient:
+        """The client doing the work."""
+        raise NotImplementedError
+
+    @property
+    def namespace(self) -> str:
+        """A stable key from the model's identity and output options, e.g. a ``CacheBackedEmbeddings`` namespace."""
+        return self.client.namespace
+
+    @property
+    def info(self) -> ModelInfo:
+        """Metadata of the loaded model (loads it if needed)."""
+        return self.client.info
 
 
 def _shift(exc: InvalidInputError, start: int) -> InvalidInputError:

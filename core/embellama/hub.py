@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError, ModelNotFoundError
 
-__all__ = ["download_model"]
+__all__ = ["FromPretrained", "download_model"]
+
+T = TypeVar("T")
 
 _INSTALL_HINT = "downloading from a hub needs huggingface_hub: pip install 'embellama[hub]'"
 
@@ -55,3 +57,36 @@ def download_model(
             f"{f' at revision {revision!r}' if revision else ''}: {type(exc).__name__}: {exc}"
         ) from exc
     return Path(path)
+
+
+class FromPretrained:
+    """Mixin giving a class built from ``model_path=...`` a ``from_pretrained(repo_id, filename)`` constructor.
+
+    The core client and both framework adapters use it, so getting a model from a hub works the same way in each.
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls: type[T],
+        repo_id: str,
+        filename: str,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        **options: Any,
+    ) -> T:
+        """Use ``filename`` from the hub repository ``repo_id``, downloaded or found in the hub cache.
+
+        Needs the ``hub`` extra (``huggingface_hub``); honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``.
+
+        Args:
+            repo_id: Repository id, e.g. ``"org/model-GGUF"``.
+            filename: GGUF file inside the repository.
+            revision: Branch, tag or commit. Defaults to the main branch.
+            cache_dir: Hub cache folder. Defaults to huggingface_hub's.
+            **options: The class's other options (pooling, instructions, ...).
+        """
+        path = download_model(repo_id, filename, revision=revision, cache_dir=cache_dir)
+        factory: Any = cls
+        instance: T = factory(model_path=str(path), **options)
+        return instance
