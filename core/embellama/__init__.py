@@ -8,6 +8,7 @@ Example:
 """
 
 from .cache import CacheStats
+from .client import EmbeddingClient, shared_engine
 from .config import EngineConfig, ModelConfig, Pooling
 from .default_model import default_model_path
 from .engine import BatchResult, EmbeddingEngine
@@ -30,6 +31,7 @@ __all__ = [
     "BatchResult",
     "CacheStats",
     "ConfigurationError",
+    "EmbeddingClient",
     "EmbeddingEngine",
     "EmbeddingError",
     "EmbeddingModel",
@@ -45,4 +47,5 @@ __all__ = [
     "Pooling",
     "__version__",
     "default_model_path",
+    "shared_engine",
 ]
