@@ -175,8 +175,8 @@ class EmbeddingClient(FromPretrained):
             self.preload()
 
     @property
-    def model_path(self) -> Path | None:
-        """The GGUF file this client embeds with (None only for a registered model given by name)."""
+    def model_path(self) -> Path:
+        """The GGUF file this client embeds with (for a model given by name, the file its engine loaded)."""
         if self.config is not None:
             return Path(self.config.model_path)
         return Path(self.info.path)
