@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError, ModelConfig, ModelNotFoundError
 from embellama.client import EmbeddingClient, shared_engine
 

@@ -9,10 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from embellama import ConfigurationError, ModelNotFoundError
 from embellama.client import EmbeddingClient
 from embellama.hub import download_model
-
 from embellama_integrations.langchain import EmbellamaEmbeddings
 from embellama_integrations.llama_index import EmbellamaEmbedding
 

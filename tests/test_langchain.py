@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from embellama import ConfigurationError, EmbeddingEngine, default_model_path
-from embellama.client import shared_engine
 from langchain_classic.embeddings import CacheBackedEmbeddings
 from langchain_core.documents import Document
 from langchain_core.stores import InMemoryByteStore
@@ -17,6 +15,8 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
+from embellama import ConfigurationError, EmbeddingEngine, default_model_path
+from embellama.client import shared_engine
 from embellama_integrations.langchain import EmbellamaEmbeddings
 
 from .conftest import MODEL_NAME

@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from embellama import ConfigurationError, EmbeddingEngine
-from embellama.engine import EmbeddingEngine as Engine
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
@@ -21,6 +19,8 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.embedding import EmbeddingEndEvent
 from llama_index.core.node_parser import SentenceSplitter
 
+from embellama import ConfigurationError, EmbeddingEngine
+from embellama.engine import EmbeddingEngine as Engine
 from embellama_integrations.langchain import EmbellamaEmbeddings
 from embellama_integrations.llama_index import EmbellamaEmbedding
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embellama import EmbeddingEngine
 from langchain_core.documents import Document as LCDocument
 from langchain_core.vectorstores import InMemoryVectorStore
 from llama_index.core import Document as LIDocument
@@ -16,6 +15,7 @@ from llama_index.core import VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
 
+from embellama import EmbeddingEngine
 from embellama_integrations.langchain import EmbellamaEmbeddings
 from embellama_integrations.llama_index import EmbellamaEmbedding
 
