@@ -79,8 +79,9 @@ class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
     n_gpu_layers: int = 0
     """Layers offloaded to a GPU (-1: all; needs a GPU build of llama-cpp-python)."""
 
-    n_workers: int = 1
-    """Model instances serving requests in parallel, each on its own thread."""
+    n_workers: int | None = None
+    """Model instances serving requests in parallel, each on its own thread. Defaults to embellama's
+    ``ModelConfig`` default."""
 
     show_progress: bool = False
     """Show a tqdm progress bar while embedding documents (needs the ``progress`` extra)."""

@@ -66,7 +66,10 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
         default=None, description="CPU threads per model instance (default: cores/n_workers)."
     )
     n_gpu_layers: int = Field(default=0, description="Layers offloaded to a GPU (-1: all).")
-    n_workers: int = Field(default=1, description="Model instances serving requests, each on its own thread.")
+    n_workers: int | None = Field(
+        default=None,
+        description="Model instances serving requests, each on its own thread (default: embellama's ModelConfig).",
+    )
     show_progress: bool = Field(default=False, description="Show embellama's tqdm bar while embedding texts.")
 
     _engine: EmbeddingEngine | None = PrivateAttr(default=None)
@@ -86,7 +89,7 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
         text_instruction: str = "",
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
-        n_workers: int = 1,
+        n_workers: int | None = None,
         show_progress: bool = False,
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         preload: bool = False,

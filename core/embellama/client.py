@@ -44,7 +44,7 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "truncate": False,
     "n_threads": None,
     "n_gpu_layers": 0,
-    "n_workers": 1,
+    "n_workers": None,
 }
 
 
@@ -97,7 +97,7 @@ class EmbeddingClient(FromPretrained):
         truncate: Cut over-long inputs instead of raising ``InvalidInputError``. Defaults to False.
         n_threads: Threads per model instance. Defaults to the usable cores divided by ``n_workers``.
         n_gpu_layers: Layers offloaded to a GPU (-1: all). Defaults to 0.
-        n_workers: Model instances (each on its own thread). Defaults to 1.
+        n_workers: Model instances (each on its own thread). Defaults to :class:`~embellama.config.ModelConfig`'s.
         batch_size: Texts sent to the engine per request; the progress bar advances per batch. Defaults to 64.
         query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to none.
         document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to none.
@@ -121,7 +121,7 @@ class EmbeddingClient(FromPretrained):
         truncate: bool = False,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
-        n_workers: int = 1,
+        n_workers: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         query_instruction: str | None = "",
         document_instruction: str | None = "",
@@ -170,7 +170,8 @@ class EmbeddingClient(FromPretrained):
                 # the default model's path is known without building it; building waits for first use
                 model_path = cache_dir() / "models" / DEFAULT_MODEL_FILE
                 self._build_default = True
-            self.config = ModelConfig(model_path=model_path, model_name=model_name, **options)
+            given = {k: v for k, v in options.items() if not (k == "n_workers" and v is None)}  # None: core default
+            self.config = ModelConfig(model_path=model_path, model_name=model_name, **given)
         if preload:
             self.preload()
 
