@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from embellama import ConfigurationError, EngineConfig, ModelConfig, Pooling
-from embellama.config import default_thread_count
+from embellama.config import default_thread_count, default_worker_count
 
 
 def test_defaults_and_derived_name() -> None:
@@ -16,7 +16,8 @@ def test_defaults_and_derived_name() -> None:
     assert cfg.name == "My-Model"
     assert isinstance(cfg.model_path, Path) and "~" not in str(cfg.model_path)
     assert cfg.pooling is Pooling.MODEL and cfg.normalize and not cfg.truncate
-    assert cfg.threads == default_thread_count(1) >= 1
+    assert cfg.n_workers == default_worker_count() >= 1
+    assert cfg.threads == default_thread_count(cfg.n_workers) >= 1
 
 
 @pytest.mark.parametrize("value", ["mean", "MEAN", Pooling.MEAN])

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +73,8 @@ class EmbeddingModel:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self._llama: Any = None
+        self._ctx: Any = None
+        self._key: tuple[str, int, bool] = ("", 0, False)
         self._batch: _native.DecodeBatch | None = None
         self._header: GGUFHeader | None = None
         self._pooling: Pooling | None = None
@@ -115,34 +118,25 @@ class EmbeddingModel:
         quiet = contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(io.StringIO())
         if cfg.verbose:
             _native.set_echo(True)
+        key = (str(path.resolve()), cfg.n_gpu_layers, cfg.use_mmap)
+        llama: Any = None
         try:
             with quiet:
-                llama = llama_cpp.Llama(
-                    model_path=str(path),
-                    embedding=True,
-                    n_ctx=budget,
-                    n_batch=budget,
-                    n_ubatch=budget,
-                    n_threads=cfg.threads,
-                    n_threads_batch=cfg.threads,
-                    n_gpu_layers=cfg.n_gpu_layers,
-                    use_mmap=cfg.use_mmap,
-                    pooling_type=_LLAMA_POOLING[pooling],
-                    flash_attn=cfg.flash_attn,
-                    verbose=True,  # keeps llama-cpp-python from redirecting process-wide file descriptors
-                )
+                llama = _shared_llama(key, lambda: _open_llama(path, cfg))
+                ctx = _new_context(llama, cfg, pooling, budget, n_seq)
         except Exception as exc:
+            if llama is not None:
+                _release_llama(key)
             if cfg.verbose:
                 _native.set_echo(False)
             detail = _native.recent_native_errors()
             raise ModelLoadError(
                 f"llama.cpp could not load {path}: {exc}" + (f" ({detail})" if detail else "")
             ) from None
-        ctx = llama.ctx
-        # n_seq_max is min(n_batch, LLAMA_MAX_SEQ) inside Llama; we pack at most n_seq texts per decode
         self._n_embd = int(llama.n_embd())
         if cfg.dimensions is not None and cfg.dimensions > self._n_embd:
-            llama.close()
+            llama_cpp.llama_free(ctx)
+            _release_llama(key)
             if cfg.verbose:
                 _native.set_echo(False)
             raise ConfigurationError(f"dimensions={cfg.dimensions} exceeds the model's {self._n_embd} dimensions")
@@ -150,7 +144,7 @@ class EmbeddingModel:
         self._add_eos = bool(llama_cpp.llama_vocab_get_add_eos(vocab))
         self._has_memory = bool(llama_cpp.llama_get_memory(ctx))
         self._batch = _native.DecodeBatch(budget, n_seq)
-        self._llama, self._header, self._pooling = llama, header, pooling
+        self._llama, self._ctx, self._key, self._header, self._pooling = llama, ctx, key, header, pooling
         self._limit, self._budget = limit, budget
         self._fingerprint = file_fingerprint(path)
         logger.info(
@@ -166,9 +160,11 @@ class EmbeddingModel:
 
     def unload(self) -> None:
         """Free the native model and context (idempotent)."""
-        llama, self._llama, self._batch = self._llama, None, None
+        llama, ctx, self._llama, self._ctx, self._batch = self._llama, self._ctx, None, None, None
         if llama is not None:
-            llama.close()
+            if ctx:
+                llama_cpp.llama_free(ctx)
+            _release_llama(self._key)
             if self.config.verbose:
                 _native.set_echo(False)
 
@@ -328,9 +324,8 @@ class EmbeddingModel:
         return postprocess(out, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
 
     def _decode(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        llama, batch = self._llama, self._batch
+        ctx, batch = self._ctx, self._batch
         assert batch is not None and self._pooling is not None
-        ctx = llama.ctx
         if self._has_memory:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         n = batch.fill(sequences)
@@ -382,3 +377,64 @@ class EmbeddingModel:
                 )
             limit = self.config.max_tokens
         return max(1, min(limit, 1 << 16))
+
+
+# One llama_cpp.Llama (weights + vocabulary) per file, shared by every instance that loads it; each instance
+# decodes in a context of its own. Weights are read-only in llama.cpp, so contexts may share them across threads.
+# Sharing keeps N workers from mapping the file N times, and each context reserves outputs for the texts one
+# decode holds (n_seq_max) rather than llama-cpp-python's 256 x vocabulary-size logits buffer (30 MB here).
+_shared: dict[tuple[str, int, bool], list[Any]] = {}  # key -> [Llama, users]
+_shared_lock = threading.Lock()
+
+
+def _open_llama(path: Path, cfg: ModelConfig) -> Any:
+    # its own context is never used for embeddings: keep it tiny (8 tokens, 8 sequences)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        embedding=True,
+        n_ctx=8,
+        n_batch=8,
+        n_ubatch=8,
+        n_threads=1,
+        n_threads_batch=1,
+        n_gpu_layers=cfg.n_gpu_layers,
+        use_mmap=cfg.use_mmap,
+        verbose=True,  # keeps llama-cpp-python from redirecting process-wide file descriptors
+    )
+
+
+def _shared_llama(key: tuple[str, int, bool], factory: Any) -> Any:
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is None:
+            entry = _shared[key] = [factory(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_llama(key: tuple[str, int, bool]) -> None:
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _shared[key]
+            entry[0].close()
+
+
+def _new_context(llama: Any, cfg: ModelConfig, pooling: Pooling, budget: int, n_seq: int) -> Any:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = budget
+    params.n_seq_max = n_seq
+    params.n_threads = params.n_threads_batch = cfg.threads
+    params.embeddings = True
+    params.pooling_type = _LLAMA_POOLING[pooling]
+    params.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    params.kv_unified = True
+    ctx = llama_cpp.llama_init_from_model(llama.model, params)
+    if not ctx:
+        raise RuntimeError("llama_init_from_model returned no context")
+    return ctx
