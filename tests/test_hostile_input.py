@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from embellama import BatchResult, EmbeddingEngine, InvalidInputError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from embellama import BatchResult, EmbeddingEngine, InvalidInputError
 
 from .conftest import MODEL_NAME
 
