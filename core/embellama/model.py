@@ -114,6 +114,9 @@ class EmbeddingModel:
         limit = self._input_limit(header)
         budget = max(cfg.batch_tokens, limit)
         n_seq = min(cfg.max_texts_per_decode, budget)
+        # llama.cpp reserves its graph with n_ubatch / n_seq_max tokens per sequence; unless that divides evenly,
+        # native pooling trips GGML_ASSERT(ggml_can_mul_mat) at context creation (found by test_broken_models)
+        budget = -(-budget // n_seq) * n_seq
         _native.clear_native_errors()
         quiet = contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(io.StringIO())
         if cfg.verbose:
