@@ -253,3 +253,34 @@ def test_quantized_model_in_a_child(quantized_paths: dict[str, Path], model_path
         f16 = eng.embed_batch("f16", TEXTS[:8], output="numpy")
     assert np.isfinite(q8).all()
     assert float(np.min(np.sum(q8 * f16, axis=1))) > 0.98
+
+
+def test_child_exits_when_the_parent_pipe_closes(model_path: Path) -> None:
+    """A child whose parent vanished (pipe closed without a stop request) unloads and exits by itself."""
+    backend = ProcessBackend(ModelConfig(model_path=model_path, n_workers=1))
+    backend.load()
+    proc, conn = backend._process, backend._conn
+    assert proc is not None and conn is not None
+    backend._process = backend._conn = None
+    conn.close()
+    proc.join(60)
+    assert proc.exitcode == 0
+    backend.close()  # nothing left to close: harmless
+
+
+def test_unpicklable_outcomes_are_described_not_lost() -> None:
+    import multiprocessing
+
+    from embellama.errors import EmbeddingError
+    from embellama.isolation import _send
+
+    class Local(Exception):  # a local class cannot be pickled
+        pass
+
+    parent, child = multiprocessing.Pipe()
+    _send(child, ("ok", [Local("boom"), 1]))
+    status, value = parent.recv()
+    assert status == "ok" and isinstance(value[0], EmbeddingError) and "boom" in str(value[0]) and value[1] == 1
+    _send(child, ("error", Local("load failed")))
+    status, value = parent.recv()
+    assert status == "error" and isinstance(value, EmbeddingError) and "load failed" in str(value)
