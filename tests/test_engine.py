@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,3 +197,20 @@ def test_submit_low_level(engine: EmbeddingEngine) -> None:
     result = engine.submit(MODEL_NAME, ["x", 3], collect_errors=True).result(timeout=60)
     assert np.isfinite(result.vectors[0]).all() and np.isnan(result.vectors[1]).all()
     assert result.errors[1].index == 1
+
+
+def test_concurrent_loads_leave_sys_stderr_alone(model_path: Path) -> None:
+    # regression: loading swapped sys.stderr from worker threads; two concurrent loads left it pointing at a
+    # discarded buffer, and every later message on stderr (progress bars, warnings) vanished
+    before = sys.stderr
+    with EmbeddingEngine() as eng:
+        threads = [
+            threading.Thread(target=eng.load_model, kwargs={"model_path": model_path, "model_name": f"s{i}"})
+            for i in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(eng.models) == 4
+    assert sys.stderr is before

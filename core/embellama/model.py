@@ -7,7 +7,6 @@ worker thread for its whole life. Use it directly only from a single thread.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from llama_cpp._internals import LlamaModel
 
 from . import _native
 from .batching import plan_decodes
@@ -118,15 +118,13 @@ class EmbeddingModel:
         # native pooling trips GGML_ASSERT(ggml_can_mul_mat) at context creation (found by test_broken_models)
         budget = -(-budget // n_seq) * n_seq
         _native.clear_native_errors()
-        quiet = contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(io.StringIO())
         if cfg.verbose:
             _native.set_echo(True)
         key = (str(path.resolve()), cfg.n_gpu_layers, cfg.use_mmap)
         llama: Any = None
         try:
-            with quiet:
-                llama = _shared_llama(key, lambda: _open_llama(path, cfg))
-                ctx = _new_context(llama, cfg, pooling, budget, n_seq)
+            llama = _shared_llama(key, lambda: _open_llama(path, cfg))
+            ctx = _new_context(llama, cfg, pooling, budget, n_seq)
         except Exception as exc:
             if llama is not None:
                 _release_llama(key)
@@ -391,19 +389,17 @@ _shared_lock = threading.Lock()
 
 
 def _open_llama(path: Path, cfg: ModelConfig) -> Any:
-    # its own context is never used for embeddings: keep it tiny (8 tokens, 8 sequences)
-    return llama_cpp.Llama(
-        model_path=str(path),
-        embedding=True,
-        n_ctx=8,
-        n_batch=8,
-        n_ubatch=8,
-        n_threads=1,
-        n_threads_batch=1,
-        n_gpu_layers=cfg.n_gpu_layers,
-        use_mmap=cfg.use_mmap,
-        verbose=True,  # keeps llama-cpp-python from redirecting process-wide file descriptors
-    )
+    """Load weights and vocabulary only (no context, no Python-side printing, no stream redirection).
+
+    ``llama_cpp.Llama`` would print system info to ``sys.stderr`` (or, with ``verbose=False``, ``dup2`` the
+    process's file descriptors); doing either from worker threads races with every other thread's output, and
+    two concurrent loads could leave ``sys.stderr`` pointing at a discarded buffer. llama.cpp's own log goes
+    through the log callback in ``_native``.
+    """
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = cfg.n_gpu_layers
+    params.use_mmap = cfg.use_mmap
+    return LlamaModel(path_model=str(path), params=params, verbose=True)
 
 
 def _shared_llama(key: tuple[str, int, bool], factory: Any) -> Any:
