@@ -41,8 +41,14 @@ _OPEN_ENGINES: weakref.WeakSet[EmbeddingEngine] = weakref.WeakSet()
 
 @atexit.register
 def _close_open_engines() -> None:  # pragma: no cover - runs at interpreter exit
+    # Wait for rounds already inside llama.cpp: exiting while a worker thread decodes runs the C++ static
+    # destructors under it (SIGSEGV, seen in test_lifecycle). Queued requests fail at once, so this is one round.
     for engine in list(_OPEN_ENGINES):
-        engine.close(timeout=5.0)
+        engine.close(timeout=_EXIT_TIMEOUT)
+
+
+_EXIT_TIMEOUT = 120.0
+"""Seconds interpreter exit waits for a worker to finish the round it is decoding."""
 
 
 @dataclass

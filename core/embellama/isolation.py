@@ -220,7 +220,7 @@ def _provoke_ggml_assert(model: Any) -> None:  # pragma: no cover - the process 
     token = model.tokenize("a")[0]
     batch = _native.DecodeBatch(n, 1)
     batch.fill([np.full(n, token, dtype=np.int32)])
-    llama_cpp.llama_decode(model._llama.ctx, batch.batch)
+    llama_cpp.llama_decode(model._ctx, batch.batch)
     raise EmbeddingError("llama.cpp did not abort on an over-long batch")
 
 
