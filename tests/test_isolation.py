@@ -35,6 +35,12 @@ NAME = "iso"
 TEXTS = [f"isolated text number {i} about topic {i % 7}" for i in range(40)]
 
 
+@pytest.fixture(autouse=True)
+def small_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 8-text job per worker round, so a batch spans many rounds and a kill lands mid-batch."""
+    monkeypatch.setattr("embellama.worker.COALESCE_TEXTS", 8)
+
+
 @pytest.fixture(scope="module")
 def reference(engine: EmbeddingEngine) -> np.ndarray:
     """The same texts embedded in-process (thread isolation)."""
