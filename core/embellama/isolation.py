@@ -14,10 +14,12 @@ guard its entry point with ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import signal
 from multiprocessing.connection import Connection
@@ -34,6 +36,17 @@ logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT = 10.0
 """Seconds a child gets to unload and exit after a stop request before it is terminated."""
+
+
+def _close_engines_before_multiprocessing_exit() -> None:  # pragma: no cover - runs at interpreter exit
+    from .engine import _close_open_engines
+
+    _close_open_engines()
+
+
+# multiprocessing's own exit hook SIGTERMs daemonic children; atexit runs hooks last-registered-first, so this
+# one (registered after importing multiprocessing.util) lets open engines finish their rounds and stop children
+atexit.register(_close_engines_before_multiprocessing_exit)
 
 
 class _ChildDied(Exception):
