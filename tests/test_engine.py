@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -214,3 +215,16 @@ def test_concurrent_loads_leave_sys_stderr_alone(model_path: Path) -> None:
             t.join()
         assert len(eng.models) == 4
     assert sys.stderr is before
+
+
+def test_close_stops_a_long_round_between_decodes(model_path: Path) -> None:
+    eng = EmbeddingEngine(cache_size=0)
+    eng.load_model(ModelConfig(model_path=model_path, model_name="long", n_workers=1))
+    # one job of 5,000 texts is one worker round (hundreds of decodes); close must not wait for all of them
+    future = eng.submit("long", [f"text number {i}" for i in range(5000)])
+    deadline = time.monotonic() + 60
+    while not future.running() and time.monotonic() < deadline:  # wait until the worker has taken the job
+        time.sleep(0.001)
+    eng.close()
+    with pytest.raises(EngineClosedError, match="closed while serving"):
+        future.result(timeout=60)

@@ -210,7 +210,7 @@ async def test_cancelling_an_awaiting_task_does_not_wedge_the_worker(model_path:
         engine.load_model(model_path=model_path, model_name="m", isolation=isolation, n_workers=1)
         reference = await engine.aembed("m", "after cancellation")
         for delay in (0.0, 0.01, 0.1):
-            task = asyncio.ensure_future(engine.aembed_batch("m", [f"to cancel {i}" for i in range(100)]))
+            task = asyncio.ensure_future(engine.aembed_batch("m", [f"to cancel {i}" for i in range(3000)]))
             await asyncio.sleep(delay)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

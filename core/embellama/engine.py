@@ -41,8 +41,9 @@ _OPEN_ENGINES: weakref.WeakSet[EmbeddingEngine] = weakref.WeakSet()
 
 @atexit.register
 def _close_open_engines() -> None:  # pragma: no cover - runs at interpreter exit
-    # Wait for rounds already inside llama.cpp: exiting while a worker thread decodes runs the C++ static
-    # destructors under it (SIGSEGV, seen in test_lifecycle). Queued requests fail at once, so this is one round.
+    # Wait for decodes already inside llama.cpp: exiting while a worker thread decodes runs the C++ static
+    # destructors under it (SIGSEGV, seen in test_lifecycle). Queued requests fail at once and an in-process round
+    # stops after its current decode, so this is normally well under a second.
     for engine in list(_OPEN_ENGINES):
         engine.close(timeout=_EXIT_TIMEOUT)
 
@@ -98,6 +99,8 @@ class _ModelPool:
     def stop(self, timeout: float | None = 30.0) -> None:
         with self._lock:
             self.closed = True
+        for w in self.workers:
+            w.stopping.set()
         _fail_pending(self.jobs)
         ModelWorker.stop(self.jobs, len(self.workers))
         current = threading.current_thread()

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,7 +23,7 @@ from llama_cpp._internals import LlamaModel
 from . import _native
 from .batching import plan_decodes
 from .config import ModelConfig, Pooling
-from .errors import ConfigurationError, EmbeddingError, InvalidInputError, ModelLoadError
+from .errors import ConfigurationError, EmbeddingError, EngineClosedError, InvalidInputError, ModelLoadError
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, file_fingerprint, read_header
 from .pooling import pool_tokens, postprocess
 from .wordpiece import WordPieceTokenizer
@@ -314,13 +314,23 @@ class EmbeddingModel:
         """Embed ``texts``: one row per text, in order. Raises ``InvalidInputError`` for the first bad text."""
         return self.embed_tokens([self.prepare(t, i) for i, t in enumerate(texts)])
 
-    def embed_tokens(self, sequences: Sequence[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order."""
+    def embed_tokens(
+        self, sequences: Sequence[npt.NDArray[np.int32]], *, should_stop: Callable[[], bool] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order.
+
+        Args:
+            sequences: Token arrays from :meth:`prepare`.
+            should_stop: Checked before each decode; when it returns True the call raises ``EngineClosedError``
+                (so closing an engine waits for one decode, not for a whole round of texts).
+        """
         self._require()
         assert self._batch is not None
         out = np.empty((len(sequences), self._n_embd), dtype=np.float32)
         lengths = [len(s) for s in sequences]
         for group in plan_decodes(lengths, max_tokens=self._budget, max_texts=len(self._batch.seq_values)):
+            if should_stop is not None and should_stop():
+                raise EngineClosedError(f"model {self.config.name!r} was closed while serving this request")
             out[group] = self._decode([sequences[i] for i in group])
         return postprocess(out, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
 

@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,7 +98,9 @@ class Job:
 Payload = tuple[list[Any], bool, "list[int] | None"]
 
 
-def serve_round(model: EmbeddingModel, payloads: list[Payload]) -> list[JobResult | BaseException]:
+def serve_round(
+    model: EmbeddingModel, payloads: list[Payload], should_stop: Callable[[], bool] | None = None
+) -> list[JobResult | BaseException]:
     """Embed several jobs' texts in shared decodes.
 
     A job whose texts include an invalid one gets that ``InvalidInputError`` (naming the caller's index)
@@ -126,7 +129,7 @@ def serve_round(model: EmbeddingModel, payloads: list[Payload]) -> list[JobResul
         sequences.extend(tokens for _, tokens in prepared)
     if sequences:
         try:
-            rows = model.embed_tokens(sequences)
+            rows = model.embed_tokens(sequences, should_stop=should_stop)
         except Exception as exc:
             return [exc if isinstance(o, JobResult) else o for o in outcomes]
         start = 0
@@ -149,14 +152,16 @@ class Backend(Protocol):
 class ThreadBackend:
     """The model lives in the worker thread itself."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, stopping: threading.Event | None = None) -> None:
         self.model = EmbeddingModel(config)
+        self._stopping = stopping or threading.Event()
 
     def load(self) -> ModelInfo:
         return ModelInfo.of(self.model.load())
 
     def serve(self, jobs: list[Job]) -> None:
-        for job, outcome in zip(jobs, serve_round(self.model, [j.payload() for j in jobs]), strict=False):
+        outcomes = serve_round(self.model, [j.payload() for j in jobs], self._stopping.is_set)
+        for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
             else:
@@ -177,6 +182,8 @@ class ModelWorker(threading.Thread):
         self.config = config
         self.jobs = jobs
         self.loaded: Future[ModelInfo] = Future()
+        self.stopping = threading.Event()
+        """Set when the worker's pool stops: an in-process round then ends after its current decode."""
         self._backend: Backend | None = None
 
     @property
@@ -195,7 +202,7 @@ class ModelWorker(threading.Thread):
             from .isolation import ProcessBackend
 
             return ProcessBackend(self.config)
-        return ThreadBackend(self.config)
+        return ThreadBackend(self.config, self.stopping)
 
     def run(self) -> None:
         try:
