@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -50,6 +51,17 @@ def _close_open_engines() -> None:  # pragma: no cover - runs at interpreter exi
 
 _EXIT_TIMEOUT = 120.0
 """Seconds interpreter exit waits for a worker to finish the round it is decoding."""
+
+
+@contextlib.contextmanager
+def _single_text(text: object) -> Iterator[None]:
+    """Validate a lone text and report its errors without a batch index (it has none)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"expected str, got {type(text).__name__}")
+    try:
+        yield
+    except InvalidInputError as exc:
+        raise InvalidInputError(exc.reason, n_tokens=exc.n_tokens, limit=exc.limit, model_name=exc.model_name) from None
 
 
 @dataclass
@@ -215,14 +227,8 @@ class EmbeddingEngine:
     # ------------------------------------------------------------------ sync API
     def embed(self, name: str, text: str, *, output: Output = "list") -> Any:
         """Embed one text: a ``list[float]`` (or a 1-D array with ``output="numpy"``)."""
-        if not isinstance(text, str):
-            raise InvalidInputError(f"expected str, got {type(text).__name__}")
-        try:
+        with _single_text(text):
             return self.embed_batch(name, [text], output=output)[0]
-        except InvalidInputError as exc:
-            raise InvalidInputError(
-                exc.reason, n_tokens=exc.n_tokens, limit=exc.limit, model_name=exc.model_name
-            ) from None
 
     def embed_batch(
         self,
@@ -256,14 +262,8 @@ class EmbeddingEngine:
     # ------------------------------------------------------------------ async API
     async def aembed(self, name: str, text: str, *, output: Output = "list") -> Any:
         """Async :meth:`embed`: awaits the model thread, never blocks the event loop."""
-        if not isinstance(text, str):
-            raise InvalidInputError(f"expected str, got {type(text).__name__}")
-        try:
+        with _single_text(text):
             return (await self.aembed_batch(name, [text], output=output))[0]
-        except InvalidInputError as exc:
-            raise InvalidInputError(
-                exc.reason, n_tokens=exc.n_tokens, limit=exc.limit, model_name=exc.model_name
-            ) from None
 
     async def aembed_batch(
         self,
