@@ -206,14 +206,14 @@ PEERS: list[PeerSpec] = [
     PeerSpec(
         "llama-cpp loop",
         "raw-loop",
-        {"n_threads": cores(), "n_threads_batch": cores()},
-        description="raw `Llama.embed`, one text per call, all cores",
+        {"n_threads": 1, "n_threads_batch": 1},
+        description="raw `Llama.embed`, one text per call, 1 thread (all-core threads collapse on a shared machine)",
     ),
     PeerSpec(
         "llama-cpp lists",
         "raw-batch",
-        {"n_threads": cores(), "n_threads_batch": cores(), "flash_attn": True},
-        description="raw `Llama.embed` on lists of 64, all cores, flash attention",
+        {"n_threads": 1, "n_threads_batch": 1, "flash_attn": True},
+        description="raw `Llama.embed` on lists of 64, 1 thread, flash attention",
     ),
     PeerSpec(
         "LlamaCppEmbeddings",

@@ -31,7 +31,7 @@ class Sizes:
 
     def __init__(self, quick: bool) -> None:
         self.short, self.long, self.queries, self.n_async = (16, 4, 8, 8) if quick else (1000, 200, 200, 64)
-        self.contention = 16 if quick else 200
+        self.contention = 16 if quick else 100
         self.quality = (4, 2) if quick else (48, 16)
 
 
@@ -164,6 +164,7 @@ def run_benchmark(
     out_dir: Path = RESULTS,
     phases: tuple[str, ...] = ("main", "weights", "levers", "contention"),
     peers: list[PeerSpec] | None = None,
+    contention: list[PeerSpec] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``latest.md``, ``latest.png`` and ``latest.json`` into ``out_dir``.
@@ -224,7 +225,7 @@ def run_benchmark(
         if "contention" in phases:
             job = dict(base)
             data["phases"]["contention"] = _phase(
-                "contention", contention_peers(), ["contention"], rounds, job, workdir, timeout, log
+                "contention", contention or contention_peers(), ["contention"], rounds, job, workdir, timeout, log
             )
         data["elapsed_s"] = time.time() - started
         data["machine"]["load_after"] = os.getloadavg()

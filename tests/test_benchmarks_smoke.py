@@ -46,7 +46,13 @@ def test_harness_end_to_end(tmp_path: Path) -> None:
     """Every phase on a few texts, 1 round, a core peer and the sentence-transformers reference."""
     peers = [p for p in PEERS if p.kind in ("embellama", "sentence-transformers")]
     data = run_benchmark(
-        rounds=1, quick=True, out_dir=tmp_path, peers=peers, phases=("main", "contention"), log=lambda _: None
+        contention=peers[:1],
+        rounds=1,
+        quick=True,
+        out_dir=tmp_path,
+        peers=peers,
+        phases=("main", "contention"),
+        log=lambda _: None,
     )
     main_results = data["phases"]["main"]
     assert set(main_results) == {p.label for p in peers}
