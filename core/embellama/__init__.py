@@ -7,6 +7,8 @@ Example:
     ...     engine.embed("minilm", "hello world")[:3]
 """
 
+import logging
+
 from .cache import CacheStats
 from .client import EmbeddingClient, shared_engine
 from .config import EngineConfig, ModelConfig, Pooling
@@ -26,6 +28,9 @@ from .model import EmbeddingModel
 from .worker import ModelInfo
 
 __version__ = "0.1.0"
+
+# a library never prints through logging's last-resort handler: the application configures logging
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "BatchResult",

@@ -22,7 +22,9 @@ __all__ = ["DecodeBatch", "amx_crash_risk", "install_log_handler", "recent_nativ
 
 logger = logging.getLogger("embellama.llama_cpp")
 
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml.h: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous message). llama-cpp-python's
+# own table still uses an older order, which shows warnings as errors.
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _recent: deque[str] = deque(maxlen=20)
 _state = {"echo": 0, "last_level": logging.DEBUG}
 _lock = threading.Lock()
@@ -40,8 +42,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
         print(message, end="", file=sys.stderr, flush=True)
     elif message.strip():
-        # llama.cpp logs routine progress as warnings; only its errors deserve more than DEBUG
-        logger.log(logging.ERROR if py_level >= logging.ERROR else logging.DEBUG, "%s", message.rstrip())
+        logger.log(py_level, "%s", message.rstrip())
 
 
 def install_log_handler() -> None:

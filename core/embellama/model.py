@@ -340,7 +340,8 @@ class EmbeddingModel:
         if self._has_memory:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         n = batch.fill(sequences)
-        rc = llama_cpp.llama_decode(ctx, batch.batch)
+        # encoder-only models (BERT) have no memory: llama_decode would log and forward to llama_encode
+        rc = (llama_cpp.llama_decode if self._has_memory else llama_cpp.llama_encode)(ctx, batch.batch)
         if rc != 0:
             raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(sequences)} texts)")
         dim = self._n_embd
