@@ -83,20 +83,33 @@ def build(python: str, force: bool = False) -> Path:
         print("(first build compiles llama.cpp: several minutes; later runs reuse the wheel)", flush=True)
         tmp = out / "partial"
         subprocess.run(
-            [python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", str(tmp),
-             f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
-            check=True, env=env,
+            [
+                python,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-cache-dir",
+                "--no-deps",
+                "-w",
+                str(tmp),
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+            ],
+            check=True,
+            env=env,
         )
         for wheel in tmp.glob("*.whl"):
             wheel.rename(out / wheel.name)
         tmp.rmdir()
         wheels = sorted(out.glob("llama_cpp_python-*.whl"))
     wheel = wheels[-1]
-    subprocess.run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps", str(wheel)],
-                   check=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps", str(wheel)], check=True
+    )
     # its pure-Python dependencies come from the index as usual
-    subprocess.run([python, "-m", "pip", "install", "typing-extensions>=4.5", "numpy>=1.20", "diskcache>=5.6.1",
-                    "jinja2>=2.11.3"], check=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "typing-extensions>=4.5", "numpy>=1.20", "diskcache>=5.6.1", "jinja2>=2.11.3"],
+        check=True,
+    )
     return wheel
 
 
