@@ -192,7 +192,7 @@ def test_option_combinations_are_refused_or_safe(
             pooling=pooling,
         )
     except ConfigurationError:
-        assert max_texts > batch_tokens or (max_tokens or 0) > batch_tokens
+        assert max_texts > batch_tokens
         return
     texts = ["", "a", "a " * 3, "a " * 20, "word " * 300] * 3
     with EmbeddingModel(config) as model:
