@@ -216,6 +216,17 @@ PEERS: list[PeerSpec] = [
         description="raw `Llama.embed` on lists of 64, 1 thread, flash attention",
     ),
     PeerSpec(
+        "llama-cpp loop (default threads)",
+        "raw-loop",
+        description="raw `Llama.embed`, one text per call, llama-cpp-python's default threads (all cores)",
+    ),
+    PeerSpec(
+        "llama-cpp lists (default threads)",
+        "raw-batch",
+        {"flash_attn": True},
+        description="raw `Llama.embed` on lists of 64, default threads, flash attention",
+    ),
+    PeerSpec(
         "LlamaCppEmbeddings",
         "langchain-llamacpp",
         description="`langchain_community` `LlamaCppEmbeddings.embed_documents`, defaults",

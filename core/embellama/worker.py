@@ -1,7 +1,8 @@
 """The model threads: each creates, owns and frees one ``EmbeddingModel``; callers only see futures.
 
-Workers of one model share a queue. A worker takes a job, then drains whatever else is waiting (up to
-``COALESCE_TEXTS`` texts) so concurrent requests share its next decodes. Cancelled futures are skipped.
+Workers of one model share a queue. A worker takes a job, then drains whatever else is waiting (up to one
+decode's worth of texts, leaving the rest to idle siblings) so concurrent requests share decodes. Cancelled
+futures are skipped.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ class ModelWorker(threading.Thread):
                 round_ = [job]
                 n_texts = len(job.texts)
                 stop_after = False
-                while n_texts < COALESCE_TEXTS:
+                # take what fills one decode: a greedy worker would starve its idle siblings
+                while n_texts < min(COALESCE_TEXTS, self.config.max_texts_per_decode):
                     try:
                         more = self.jobs.get_nowait()
                     except queue.Empty:
