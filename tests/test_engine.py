@@ -228,3 +228,15 @@ def test_close_stops_a_long_round_between_decodes(model_path: Path) -> None:
     eng.close()
     with pytest.raises(EngineClosedError, match="closed while serving"):
         future.result(timeout=60)
+
+
+def test_a_modest_batch_is_shared_between_workers(model_path: Path) -> None:
+    # frameworks send batches of 10-64 texts one after another: each must reach every worker, not just one
+    with EmbeddingEngine(cache_size=0) as eng:
+        eng.load_model(ModelConfig(model_path=model_path, model_name="two", n_workers=2, n_threads=1))
+        plan = eng._plan("two", [f"t{i}" for i in range(40)], "raise")
+        assert [len(c) for c in plan.chunks] == [20, 20]
+        small = eng._plan("two", [f"t{i}" for i in range(10)], "raise")
+        assert [len(c) for c in small.chunks] == [8, 2]  # never below one decode's worth (8 texts)
+        big = eng._plan("two", [f"t{i}" for i in range(300)], "raise")
+        assert max(len(c) for c in big.chunks) == 64

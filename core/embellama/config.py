@@ -225,8 +225,8 @@ class EngineConfig:
     """How many embeddings the LRU cache keeps (0 disables it). Defaults to 10,000."""
 
     chunk_size: int = 64
-    """A large batch is split into jobs of this many texts, so short queries are not stuck behind it and several
-    workers can share it. Defaults to 64."""
+    """Most texts per job: a batch is split into jobs so short queries are not stuck behind it, and into smaller
+    ones (never below one decode's worth) so that every worker of the model gets a share. Defaults to 64."""
 
     def __post_init__(self) -> None:
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:

@@ -387,7 +387,10 @@ class EmbeddingEngine:
                     rows[i] = hit
                     continue
             missing.append(i)
-        size = self.config.chunk_size
+        # split even a modest request between the workers (a framework sending batches of 10 one after another
+        # would otherwise keep all but one idle), but never below one full decode per chunk
+        share = -(-len(missing) // pool.config.n_workers)
+        size = max(1, min(self.config.chunk_size, max(share, pool.config.max_texts_per_decode)))
         chunks = [missing[s : s + size] for s in range(0, len(missing), size)]
         return _Plan(len(items), dims, rows, missing, chunks, keys, items)
 
