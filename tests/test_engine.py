@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from embellama import (
     BatchResult,
@@ -21,6 +23,7 @@ from embellama import (
     ModelConfig,
     ModelNotFoundError,
 )
+from embellama.engine import _split
 
 from .conftest import MODEL_NAME
 from .texts import varied_texts
@@ -71,7 +74,7 @@ def test_errors_name_the_index(engine: EmbeddingEngine) -> None:
     texts = [f"text {i}" for i in range(150)]
     texts[137] = "word " * 300
     with pytest.raises(InvalidInputError) as info:
-        engine.embed_batch(MODEL_NAME, texts)  # 150 texts: three chunks, the error is in the third
+        engine.embed_batch(MODEL_NAME, texts)  # 150 texts: four chunks, the error is in the last
     assert info.value.index == 137 and info.value.n_tokens == 302
     result = engine.embed_batch(MODEL_NAME, texts, on_error="collect", output="numpy")
     assert isinstance(result, BatchResult) and not result.ok
@@ -96,7 +99,7 @@ def test_unknown_model(engine: EmbeddingEngine) -> None:
 def test_progress_callback(engine: EmbeddingEngine) -> None:
     seen: list[tuple[int, int]] = []
     engine.embed_batch(MODEL_NAME, [f"t{i}" for i in range(150)], progress=lambda d, t: seen.append((d, t)))
-    assert sorted(seen)[-1] == (150, 150) and len(seen) == 3
+    assert sorted(seen)[-1] == (150, 150) and len(seen) == 4  # 2 workers: 4 even chunks
     assert all(total == 150 for _, total in seen)
 
 
@@ -237,6 +240,18 @@ def test_a_modest_batch_is_shared_between_workers(model_path: Path) -> None:
         plan = eng._plan("two", [f"t{i}" for i in range(40)], "raise")
         assert [len(c) for c in plan.chunks] == [20, 20]
         small = eng._plan("two", [f"t{i}" for i in range(10)], "raise")
-        assert [len(c) for c in small.chunks] == [8, 2]  # never below one decode's worth (8 texts)
-        big = eng._plan("two", [f"t{i}" for i in range(300)], "raise")
-        assert max(len(c) for c in big.chunks) == 64
+        assert [len(c) for c in small.chunks] == [10]  # not cut below one decode's worth (8 texts)
+        big = eng._plan("two", [f"t{i}" for i in range(200)], "raise")
+        assert [len(c) for c in big.chunks] == [50, 50, 50, 50]  # balanced, not 64+64+64+8
+
+
+@given(n=st.integers(0, 3000), workers=st.integers(1, 4), most=st.integers(8, 128), least=st.integers(1, 16))
+def test_split_is_balanced_and_complete(n: int, workers: int, most: int, least: int) -> None:
+    indices = list(range(n))
+    chunks = _split(indices, workers, most, least)
+    assert [i for c in chunks for i in c] == indices
+    if n:
+        sizes = [len(c) for c in chunks]
+        assert max(sizes) <= most and max(sizes) - min(sizes) <= 1
+        # every worker gets a share unless that would cut chunks below one decode's worth
+        assert len(chunks) % workers == 0 or len(chunks) >= n // least or len(chunks) == -(-n // most)

@@ -121,6 +121,28 @@ class _ModelPool:
                 w.join(timeout)
 
 
+def _split(indices: list[int], n_workers: int, most: int, least: int) -> list[list[int]]:
+    """Cut a request into equal chunks (sizes differ by at most one) of at most ``most`` texts.
+
+    Frameworks send batches of 10-64 texts one after another: each must reach every worker, and evenly (200
+    long texts as 64+64+64+8 would leave one worker with twice the work), so the chunk count is rounded up to a
+    multiple of ``n_workers`` as long as chunks keep at least ``least`` texts (one decode's worth).
+    """
+    n = len(indices)
+    if n == 0:
+        return []
+    needed = -(-n // most)
+    shared = -(-needed // n_workers) * n_workers
+    n_chunks = max(needed, min(shared, n // max(1, least)), 1)
+    q, r = divmod(n, n_chunks)
+    chunks, start = [], 0
+    for k in range(n_chunks):
+        size = q + (1 if k < r else 0)
+        chunks.append(indices[start : start + size])
+        start += size
+    return chunks
+
+
 @dataclass
 class _Plan:
     """How one batch request is answered: cached rows, and chunks of the rest sent to the workers."""
@@ -387,11 +409,7 @@ class EmbeddingEngine:
                     rows[i] = hit
                     continue
             missing.append(i)
-        # split even a modest request between the workers (a framework sending batches of 10 one after another
-        # would otherwise keep all but one idle), but never below one full decode per chunk
-        share = -(-len(missing) // pool.config.n_workers)
-        size = max(1, min(self.config.chunk_size, max(share, pool.config.max_texts_per_decode)))
-        chunks = [missing[s : s + size] for s in range(0, len(missing), size)]
+        chunks = _split(missing, pool.config.n_workers, self.config.chunk_size, pool.config.max_texts_per_decode)
         return _Plan(len(items), dims, rows, missing, chunks, keys, items)
 
     def _submit(
