@@ -120,6 +120,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         t["p50_ms"] = spread(_values(main, "embellama", "p50_ms"))
         t["load_s"] = spread(_values(main, "embellama", "load_s"))
         t["rss_over_gguf"] = spread([v / gguf for v in _values(main, "embellama", "rss_end")])
+        t["rss_load_over_gguf"] = spread([v / gguf for v in _values(main, "embellama", "rss_load")])
         summary["targets"] = t
     weights: Results = phases.get("weights", {})
     if weights:
@@ -181,7 +182,7 @@ def render_markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         q = summary.get("quality_vs_st", {})
         lines += [
             "| Peer | Instances x threads | Short texts/s | Long texts/s | Query p50 ms | Query p95 ms | "
-            "64 async: sequential / concurrent s | Load s | RSS added MB (x GGUF) | Min cosine vs ST |",
+            "64 async: sequential / concurrent s | Load s | RSS added after the run, MB (x GGUF) | Min cosine vs ST |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         best = summary.get("best_raw")
@@ -232,7 +233,16 @@ def render_markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
                 _fmt(t["async_speedup"], 2, "x"),
                 _check(t["async_speedup"], 2.0),
             ),
-            ("RSS added by loading (after the run) < 2x GGUF size", _fmt(rss, 2, "x"), _check(rss, 2.0, below=True)),
+            (
+                "RSS added by loading the model < 2x GGUF size",
+                _fmt(t["rss_load_over_gguf"], 2, "x"),
+                _check(t["rss_load_over_gguf"], 2.0, below=True),
+            ),
+            (
+                "RSS added after serving the whole run < 2x GGUF size (llama.cpp's per-context compute/output buffers)",
+                _fmt(rss, 2, "x"),
+                _check(rss, 2.0, below=True),
+            ),
             ("Default model load < 1 s", _fmt(t["load_s"], 2, " s"), _check(t["load_s"], 1.0, below=True)),
             (
                 "With a competing busy process ≥ 40% of quiet throughput",
