@@ -8,6 +8,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
 from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
+from embellama.errors import InvalidInputError
 
 __all__ = ["EmbellamaEmbedding"]
 
@@ -131,6 +135,24 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
         fields = {name: getattr(self, name) for name in _CLIENT_FIELDS}
         return self._slot.get(_client_options(fields, self._engine))
 
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Any]:
+        """LlamaIndex's batching, with errors naming the caller's index (it splits by ``embed_batch_size``)."""
+        token = _OFFSET.set([0])
+        try:
+            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        finally:
+            _OFFSET.reset(token)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Any]:
+        """Async twin of :meth:`get_text_embedding_batch`."""
+        token = _OFFSET.set([0])
+        try:
+            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        finally:
+            _OFFSET.reset(token)
+
     def _get_query_embedding(self, query: str) -> list[float]:
         return self.client.embed_query(query)
 
@@ -138,7 +160,8 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
         return self.client.embed_documents([text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.client.embed_documents(texts)
+        with _callers_index(_claim(len(texts))):
+            return self.client.embed_documents(texts)
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await self.client.aembed_query(query)
@@ -146,8 +169,38 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
     async def _aget_text_embedding(self, text: str) -> list[float]:
         return (await self.client.aembed_documents([text]))[0]
 
-    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return await self.client.aembed_documents(texts)
+    def _aget_text_embeddings(self, texts: list[str]) -> Coroutine[Any, Any, list[list[float]]]:
+        # not ``async def``: the offset is claimed when LlamaIndex starts this batch, in batch order
+        return self._aembed_documents_at(texts, _claim(len(texts)))
+
+    async def _aembed_documents_at(self, texts: list[str], start: int) -> list[list[float]]:
+        with _callers_index(start):
+            return await self.client.aembed_documents(texts)
+
+
+# Where the current LlamaIndex sub-batch starts in the caller's list: LlamaIndex splits a call into batches of
+# embed_batch_size before the adapter sees them, so an InvalidInputError would otherwise name the index within
+# the sub-batch. A mutable box per get_text_embedding_batch call, shared by the tasks it starts.
+_OFFSET: ContextVar[list[int] | None] = ContextVar("embellama_llama_index_offset", default=None)
+
+
+def _claim(n_texts: int) -> int:
+    box = _OFFSET.get()
+    if box is None:
+        return 0
+    start = box[0]
+    box[0] += n_texts
+    return start
+
+
+@contextmanager
+def _callers_index(start: int) -> Iterator[None]:
+    try:
+        yield
+    except InvalidInputError as exc:
+        if start and exc.index is not None:
+            raise exc.at_index(start + exc.index) from None
+        raise
 
 
 _CLIENT_FIELDS = (

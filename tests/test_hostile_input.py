@@ -288,15 +288,17 @@ def test_adapters_raise_indexed_errors(adapters: list[Any], kind: int, item: Any
     assert len(_query(adapter, "adapter still serves")) == DIMS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LlamaIndex's get_text_embedding_batch splits batches itself and calls _get_text_embeddings per "
-    "batch, so the adapter reports the index within the batch (here 1), not the caller's (5)",
-)
 def test_llama_index_error_names_the_callers_index(adapters: list[Any]) -> None:
+    # LlamaIndex splits the call into sub-batches of embed_batch_size before the adapter sees them
     with pytest.raises(InvalidInputError) as info:
         _docs(adapters[1], ["a", "b", "c", "d", "e", None, "g"])
     assert info.value.index == 5
+
+
+async def test_llama_index_async_error_names_the_callers_index(adapters: list[Any]) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await _adocs(adapters[1], ["a", "b", "c", "d", "e", "f", "g", "\ud800", "i"])
+    assert info.value.index == 7
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["langchain", "llama_index"])
@@ -305,6 +307,5 @@ async def test_adapters_async_hostile_input(adapters: list[Any], kind: int) -> N
     with pytest.raises(InvalidInputError) as info:
         await _adocs(adapter, ["ok", "fine", "\ud800"])
     assert "Unicode" in info.value.reason
-    if kind == 0:  # LlamaIndex: index within its own batch, see test_llama_index_error_names_the_callers_index
-        assert info.value.index == 2
+    assert info.value.index == 2
     unit_rows(await _adocs(adapter, list(VALID_HOSTILE)[:4]))
