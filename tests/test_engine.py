@@ -255,3 +255,37 @@ def test_split_is_balanced_and_complete(n: int, workers: int, most: int, least: 
         assert max(sizes) <= most and max(sizes) - min(sizes) <= 1
         # every worker gets a share unless that would cut chunks below one decode's worth
         assert len(chunks) % workers == 0 or len(chunks) >= n // least or len(chunks) == -(-n // most)
+
+
+def test_lone_queries_borrow_idle_cores_only(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embellama.worker as worker_module
+    from embellama.model import EmbeddingModel
+
+    assert 0 <= worker_module.idle_cores() <= worker_module.usable_cores()
+    chosen: list[int] = []
+    set_threads = EmbeddingModel.set_threads
+
+    def spy(self: EmbeddingModel, n_threads: int) -> None:
+        chosen.append(n_threads)
+        set_threads(self, n_threads)
+
+    monkeypatch.setattr(EmbeddingModel, "set_threads", spy)
+    with EmbeddingEngine(cache_size=0) as eng:
+        eng.load_model(ModelConfig(model_path=model_path, model_name="lat", n_workers=2))
+        monkeypatch.setattr(worker_module, "idle_cores", lambda: 2)
+        reference = eng.embed("lat", "a lone query", output="numpy")
+        assert chosen == [2]  # the worker borrowed its idle sibling's core
+        chosen.clear()
+        monkeypatch.setattr(worker_module, "idle_cores", lambda: 1)  # another process runs on one core
+        again = eng.embed("lat", "a lone query", output="numpy")
+        np.testing.assert_allclose(again, reference, atol=1e-5)  # same vector whatever the thread count
+        assert chosen == [1]
+        chosen.clear()
+        monkeypatch.setattr(worker_module, "idle_cores", lambda: 2)
+        eng.embed_batch("lat", [f"batch text {i}" for i in range(200)])  # 200 texts: never a lone request
+        assert chosen and set(chosen) == {1}
+    with EmbeddingEngine(cache_size=0) as eng:  # explicit n_threads is respected as given
+        chosen.clear()
+        eng.load_model(ModelConfig(model_path=model_path, model_name="fixed", n_workers=2, n_threads=1))
+        eng.embed("fixed", "a lone query")
+        assert chosen == [1]

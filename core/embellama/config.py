@@ -58,7 +58,8 @@ MAX_DEFAULT_WORKERS = 4
 """Most model instances :func:`default_worker_count` picks (each holds its own context and compute buffers)."""
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -71,7 +72,7 @@ def default_worker_count() -> int:
     Measured on 2 cores (``make bench``, ~20-token texts): 2 instances x 1 thread beat 1 instance x 2 threads
     in throughput, and kept their speed beside a competing busy process where 2 spinning threads collapsed.
     """
-    return max(1, min(MAX_DEFAULT_WORKERS, _usable_cores()))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores()))
 
 
 def default_thread_count(n_workers: int = 1) -> int:
@@ -81,7 +82,7 @@ def default_thread_count(n_workers: int = 1) -> int:
     collapses throughput as soon as another process competes. One thread per instance, with one instance per
     core, is never slower and does not collapse.
     """
-    return max(1, _usable_cores() // max(1, n_workers))
+    return max(1, usable_cores() // max(1, n_workers))
 
 
 def _check_positive(name: str, value: int | None, *, allow_none: bool = True, maximum: int | None = None) -> None:

@@ -74,6 +74,7 @@ class EmbeddingModel:
         self.config = config
         self._llama: Any = None
         self._ctx: Any = None
+        self._threads = 0
         self._key: tuple[str, int, bool] = ("", 0, False)
         self._batch: _native.DecodeBatch | None = None
         self._header: GGUFHeader | None = None
@@ -146,6 +147,7 @@ class EmbeddingModel:
         self._has_memory = bool(llama_cpp.llama_get_memory(ctx))
         self._batch = _native.DecodeBatch(budget, n_seq)
         self._llama, self._ctx, self._key, self._header, self._pooling = llama, ctx, key, header, pooling
+        self._threads = cfg.threads
         self._limit, self._budget = limit, budget
         self._fingerprint = file_fingerprint(path)
         logger.info(
@@ -333,6 +335,12 @@ class EmbeddingModel:
                 raise EngineClosedError(f"model {self.config.name!r} was closed while serving this request")
             out[group] = self._decode([sequences[i] for i in group])
         return postprocess(out, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
+
+    def set_threads(self, n_threads: int) -> None:
+        """Use ``n_threads`` for the next decodes (cheap; a no-op when unchanged)."""
+        if n_threads != self._threads and self._ctx:
+            llama_cpp.llama_set_n_threads(self._ctx, n_threads, n_threads)
+            self._threads = n_threads
 
     def _decode(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
         ctx, batch = self._ctx, self._batch

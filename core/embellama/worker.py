@@ -8,6 +8,7 @@ futures are skipped.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .config import ModelConfig
+from .config import ModelConfig, usable_cores
 from .errors import EngineClosedError, InvalidInputError
 from .model import EmbeddingModel
 
@@ -153,14 +154,22 @@ class Backend(Protocol):
 class ThreadBackend:
     """The model lives in the worker thread itself."""
 
-    def __init__(self, config: ModelConfig, stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        stopping: threading.Event | None = None,
+        threads_for: Callable[[int], int] | None = None,
+    ) -> None:
         self.model = EmbeddingModel(config)
         self._stopping = stopping or threading.Event()
+        self._threads_for = threads_for
 
     def load(self) -> ModelInfo:
         return ModelInfo.of(self.model.load())
 
     def serve(self, jobs: list[Job]) -> None:
+        if self._threads_for is not None:
+            self.model.set_threads(self._threads_for(sum(len(j.texts) for j in jobs)))
         outcomes = serve_round(self.model, [j.payload() for j in jobs], self._stopping.is_set)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -172,16 +181,53 @@ class ThreadBackend:
         self.model.unload()
 
 
+def idle_cores() -> int:
+    """Usable cores that nothing else is running on right now (the caller's own thread excluded), at least 0.
+
+    Reads the instantaneous count of runnable tasks from ``/proc/loadavg`` (a 1-minute average would lag behind
+    a process that just started); elsewhere it falls back to the load average.
+    """
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        try:
+            running = math.ceil(os.getloadavg()[0])
+        except OSError:
+            return 0
+    return max(0, usable_cores() - running)
+
+
+class Activity:
+    """How many workers of one pool are serving a round right now (entered around each round)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.busy = 0
+
+    def __enter__(self) -> Activity:
+        with self._lock:
+            self.busy += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 _STOP = object()
 
 
 class ModelWorker(threading.Thread):
     """A daemon thread that owns one backend (one model instance) for its whole life."""
 
-    def __init__(self, config: ModelConfig, jobs: queue.Queue[Any], index: int = 0) -> None:
+    def __init__(
+        self, config: ModelConfig, jobs: queue.Queue[Any], index: int = 0, activity: Activity | None = None
+    ) -> None:
         super().__init__(name=f"embellama-{config.name}-{index}", daemon=True)
         self.config = config
         self.jobs = jobs
+        self.activity = activity or Activity()
         self.loaded: Future[ModelInfo] = Future()
         self.stopping = threading.Event()
         """Set when the worker's pool stops: an in-process round then ends after its current decode."""
@@ -203,7 +249,27 @@ class ModelWorker(threading.Thread):
             from .isolation import ProcessBackend
 
             return ProcessBackend(self.config)
-        return ThreadBackend(self.config, self.stopping)
+        return ThreadBackend(self.config, self.stopping, self._threads_for)
+
+    def _threads_for(self, n_texts: int) -> int:
+        """Threads for the round about to run: this instance's own, or more for a lone small request.
+
+        A lone query (nothing else queued, every sibling idle) borrows the idle siblings' cores: on 2 cores its
+        latency drops from ~5 ms to ~3.4 ms. Only cores nothing else is running on are borrowed, because
+        llama.cpp's spinning threads collapse when another process takes a core they wait on; a busy pool never
+        borrows, so throughput work keeps one thread per instance.
+        """
+        cfg = self.config
+        own = cfg.threads
+        if (
+            cfg.n_threads is not None
+            or cfg.n_workers == 1
+            or n_texts > cfg.max_texts_per_decode
+            or self.activity.busy != 1
+            or not self.jobs.empty()
+        ):
+            return own
+        return max(own, min(own * cfg.n_workers, idle_cores()))
 
     def run(self) -> None:
         try:
@@ -235,7 +301,8 @@ class ModelWorker(threading.Thread):
                 live = [j for j in round_ if j.future.set_running_or_notify_cancel()]
                 if live:
                     try:
-                        backend.serve(live)
+                        with self.activity:
+                            backend.serve(live)
                     except BaseException as exc:
                         for j in live:
                             if not j.future.done():
