@@ -26,7 +26,7 @@ import numpy.typing as npt
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
 from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
-from .worker import Activity, Job, JobResult, ModelInfo, ModelWorker, _fail_pending
+from .worker import Activity, Job, JobQueue, JobResult, ModelInfo, ModelWorker, _fail_pending
 
 __all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback"]
 
@@ -82,7 +82,7 @@ class _ModelPool:
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.jobs: queue.Queue[Any] = queue.Queue()
+        self.jobs: queue.Queue[Any] = JobQueue()
         activity = Activity()
         self.workers = [ModelWorker(config, self.jobs, i, activity) for i in range(config.n_workers)]
         self.info: ModelInfo | None = None

@@ -7,8 +7,8 @@ futures are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import queue
 import threading
@@ -182,20 +182,50 @@ class ThreadBackend:
 
 
 def idle_cores() -> int:
-    """Usable cores that nothing else is running on right now (the caller's own thread excluded), at least 0.
+    """Usable cores that no other process is running on right now, at least 0.
 
-    Reads the instantaneous count of runnable tasks from ``/proc/loadavg`` (a 1-minute average would lag behind
-    a process that just started); elsewhere it falls back to the load average.
+    Counts runnable tasks system-wide (``/proc/loadavg``, instantaneous: a 1-minute average would lag behind a
+    process that just started) minus this process's own runnable threads (the caller, and llama.cpp threads still
+    spinning after a decode). Off Linux it returns 0, so nothing is ever borrowed.
     """
     try:
         with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0]) - 1
+            running = int(f.read().split()[3].split("/")[0])
+        own = 0
+        for stat in os.scandir("/proc/self/task"):
+            try:
+                with open(os.path.join(stat.path, "stat")) as f:
+                    text = f.read()
+            except OSError:  # pragma: no cover - the thread exited meanwhile
+                continue
+            own += text[text.rindex(")") + 2] == "R"
     except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        try:
-            running = math.ceil(os.getloadavg()[0])
-        except OSError:
-            return 0
-    return max(0, usable_cores() - running)
+        return 0
+    return max(0, usable_cores() - max(0, running - own))
+
+
+class _NewestWaiterFirst(threading.Condition):
+    """A condition whose ``notify`` wakes the thread that started waiting last (CPython wakes the first).
+
+    Handing the next job to the worker that just finished keeps one warm llama.cpp thread team serving a stream
+    of lone queries, instead of alternating with a sibling whose threads may still be spinning down.
+    """
+
+    def notify(self, n: int = 1) -> None:
+        waiters = self._waiters  # type: ignore[attr-defined]
+        while waiters and n > 0:
+            waiter = waiters.pop()
+            with contextlib.suppress(RuntimeError):
+                waiter.release()
+                n -= 1
+
+
+class JobQueue(queue.Queue[Any]):
+    """The queue a model's workers share: FIFO for jobs, newest-waiter-first for workers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_empty = _NewestWaiterFirst(self.mutex)
 
 
 class Activity:
