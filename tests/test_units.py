@@ -117,3 +117,31 @@ def test_gguf_checks(tmp_path: Path) -> None:
     cut.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 5) + b"\x03\x00")
     with pytest.raises(ModelLoadError, match="malformed"):
         read_header(cut)
+
+
+def test_job_queue_wakes_the_newest_waiter() -> None:
+    import threading
+    import time
+
+    from embellama.worker import JobQueue
+
+    q = JobQueue()
+    got: dict[str, object] = {}
+
+    def take(name: str) -> None:
+        got[name] = q.get(timeout=30)
+
+    first = threading.Thread(target=take, args=("first",))
+    first.start()
+    while len(q.not_empty._waiters) < 1:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    second = threading.Thread(target=take, args=("second",))
+    second.start()
+    while len(q.not_empty._waiters) < 2:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    q.put("job 1")
+    second.join(timeout=30)
+    assert got == {"second": "job 1"}  # the worker that started waiting last took it
+    q.put("job 2")
+    first.join(timeout=30)
+    assert got == {"second": "job 1", "first": "job 2"}  # jobs stay FIFO, nobody is left waiting
