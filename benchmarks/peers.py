@@ -102,18 +102,24 @@ def _raw_loop(gguf: Path, options: dict[str, Any]) -> Peer:
     )
 
 
-def _raw_batch(gguf: Path, options: dict[str, Any]) -> Peer:
-    batch = int(options.pop("batch", 64))
-    llama = _llama(gguf, options)
+def _in_chunks(embed: Callable[[list[str]], list[Any]], batch: int) -> Callable[[list[str]], list[Any]]:
+    """``embed`` applied to consecutive slices of ``batch`` texts, results concatenated."""
 
     def many(texts: list[str]) -> list[Any]:
         out: list[Any] = []
         for s in range(0, len(texts), batch):
-            out.extend(llama.embed(texts[s : s + batch]))
+            out.extend(embed(texts[s : s + batch]))
         return out
 
+    return many
+
+
+def _raw_batch(gguf: Path, options: dict[str, Any]) -> Peer:
+    batch = int(options.pop("batch", 64))
+    llama = _llama(gguf, options)
+
     return Peer(
-        embed_many=many,
+        embed_many=_in_chunks(llama.embed, batch),
         embed_one=llama.embed,
         threads=f"1x{llama.context_params.n_threads_batch}",
         notes=f"lists of {batch}, {options}",
@@ -131,14 +137,8 @@ def _langchain_llamacpp(gguf: Path, options: dict[str, Any]) -> Peer:
     emb = LlamaCppEmbeddings(model_path=str(gguf), verbose=False, **options)
     batch = 64
 
-    def many(texts: list[str]) -> list[Any]:  # as a vector store feeds it: chunks of 64
-        out: list[Any] = []
-        for s in range(0, len(texts), batch):
-            out.extend(emb.embed_documents(texts[s : s + batch]))
-        return out
-
     return Peer(
-        embed_many=many,
+        embed_many=_in_chunks(emb.embed_documents, batch),  # as a vector store feeds it: chunks of 64
         embed_one=emb.embed_query,
         threads=f"1x{emb.client.context_params.n_threads_batch}",
         notes="embed_documents in chunks of 64, defaults (its async is an executor over a non-thread-safe Llama)",
