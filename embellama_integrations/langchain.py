@@ -11,19 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from embellama.client import DEFAULT_BATCH_SIZE, ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
 
+from ._options import ModelOptionFields, model_option_values
+
 __all__ = ["EmbellamaEmbeddings"]
 
 
-class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
+class EmbellamaEmbeddings(ModelOptionFields, Embeddings, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LangChain.
 
     Every instance with the same model file and model options shares one loaded model (with LlamaIndex
-    adapters too). Construction is cheap; the model loads on first use unless ``preload=True``.
+    adapters too). Construction is cheap; the model loads on first use unless ``preload=True``. Every
+    ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``, ``max_tokens``,
+    ``n_workers``, ``isolation``, ...) is a field of this class too.
 
     Example:
         .. code-block:: python
@@ -51,19 +55,6 @@ class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
     engine: EmbeddingEngine | None = Field(default=None, exclude=True)
     """An existing ``embellama.EmbeddingEngine`` to share. Defaults to the process-wide shared engine."""
 
-    pooling: str = "model"
-    """Pooling: ``"model"`` (the GGUF's own), ``"mean"``, ``"cls"``, ``"last"``, ``"max"`` or
-    ``"mean_sqrt_len"``."""
-
-    normalize: bool = True
-    """L2-normalize vectors (so dot product equals cosine similarity)."""
-
-    dimensions: int | None = None
-    """Keep only the first N dimensions (Matryoshka models). Defaults to all."""
-
-    truncate: bool = False
-    """Cut over-long texts to the model's limit instead of raising ``embellama.InvalidInputError``."""
-
     query_instruction: str = ""
     """Prefix added to every query, e.g. ``"query: "`` (E5) or ``"search_query: "`` (nomic)."""
 
@@ -71,17 +62,7 @@ class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
     """Prefix added to every document, e.g. ``"passage: "`` (E5) or ``"search_document: "`` (nomic)."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    """Texts sent to the model per request."""
-
-    n_threads: int | None = None
-    """CPU threads per model instance. Defaults to the usable cores divided by ``n_workers``."""
-
-    n_gpu_layers: int = 0
-    """Layers offloaded to a GPU (-1: all; needs a GPU build of llama-cpp-python)."""
-
-    n_workers: int | None = None
-    """Model instances serving requests in parallel, each on its own thread. Defaults to embellama's
-    ``ModelConfig`` default."""
+    """Kept for compatibility: embellama's engine plans and splits every request itself."""
 
     show_progress: bool = False
     """Show a tqdm progress bar while embedding documents (needs the ``progress`` extra)."""
@@ -107,17 +88,11 @@ class EmbellamaEmbeddings(BaseModel, Embeddings, ClientBacked):
                 model_path=self.model_path,
                 engine=self.engine,
                 model_name=self.model_name,
-                pooling=self.pooling,
-                normalize=self.normalize,
-                dimensions=self.dimensions,
-                truncate=self.truncate,
-                n_threads=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers,
-                n_workers=self.n_workers,
                 batch_size=self.batch_size,
                 query_instruction=self.query_instruction,
                 document_instruction=self.document_instruction,
                 show_progress=self.show_progress,
+                **model_option_values(self),
             )
         )
 

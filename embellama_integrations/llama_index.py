@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
 from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
 from embellama.errors import InvalidInputError
 
+from ._options import MODEL_OPTION_NAMES, ModelOptionFields, model_option_values
+
 __all__ = ["EmbellamaEmbedding"]
 
 
-class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
+class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LlamaIndex.
 
     Every instance with the same model file and model options shares one loaded model (with LangChain
@@ -37,11 +39,12 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
             (defaults to the file name without ``.gguf``).
         engine: An existing ``embellama.EmbeddingEngine`` to share (not serialized). Defaults to the
             process-wide shared engine.
-        pooling, normalize, dimensions, truncate, query_instruction, text_instruction, n_threads, n_gpu_layers,
-            n_workers, show_progress: See the fields.
+        query_instruction, text_instruction, show_progress: See the fields.
         embed_batch_size: Texts per batch (LlamaIndex's batching and embellama's requests).
         preload: Load the model now instead of on first use.
-        **kwargs: Other ``BaseEmbedding`` fields (``callback_manager``, ``num_workers``, ...).
+        **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``,
+            ``max_tokens``, ``n_workers``, ``isolation``, ...), and other ``BaseEmbedding`` fields
+            (``callback_manager``, ``num_workers``, ...). Unknown names raise.
 
     Raises:
         embellama.ConfigurationError: an option is invalid.
@@ -56,24 +59,11 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
             index = VectorStoreIndex.from_documents([Document(text="llamas are camelids")])
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     model_path: str | None = Field(default=None, description="Path to the GGUF file.")
-    pooling: str = Field(
-        default="model",
-        description="Pooling: 'model' (the GGUF's own), 'mean', 'cls', 'last', 'max' or 'mean_sqrt_len'.",
-    )
-    normalize: bool = Field(default=True, description="L2-normalize vectors (dot product equals cosine).")
-    dimensions: int | None = Field(default=None, description="Keep only the first N dimensions (Matryoshka).")
-    truncate: bool = Field(default=False, description="Cut over-long texts instead of raising InvalidInputError.")
     query_instruction: str = Field(default="", description="Prefix added to every query, e.g. 'query: '.")
     text_instruction: str = Field(default="", description="Prefix added to every text (document), e.g. 'passage: '.")
-    n_threads: int | None = Field(
-        default=None, description="CPU threads per model instance (default: cores/n_workers)."
-    )
-    n_gpu_layers: int = Field(default=0, description="Layers offloaded to a GPU (-1: all).")
-    n_workers: int | None = Field(
-        default=None,
-        description="Model instances serving requests, each on its own thread (default: embellama's ModelConfig).",
-    )
     show_progress: bool = Field(default=False, description="Show embellama's tqdm bar while embedding texts.")
 
     _engine: EmbeddingEngine | None = PrivateAttr(default=None)
@@ -85,15 +75,8 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
         *,
         model_name: str | None = None,
         engine: EmbeddingEngine | None = None,
-        pooling: str = "model",
-        normalize: bool = True,
-        dimensions: int | None = None,
-        truncate: bool = False,
         query_instruction: str = "",
         text_instruction: str = "",
-        n_threads: int | None = None,
-        n_gpu_layers: int = 0,
-        n_workers: int | None = None,
         show_progress: bool = False,
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         preload: bool = False,
@@ -105,21 +88,15 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
             model_path=None if model_path is None else str(model_path),
             model_name=model_name,
             embed_batch_size=embed_batch_size,
-            pooling=pooling,
-            normalize=normalize,
-            dimensions=dimensions,
-            truncate=truncate,
             query_instruction=query_instruction,
             text_instruction=text_instruction,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            n_workers=n_workers,
             show_progress=show_progress,
         )
+        options = {k: kwargs.pop(k) for k in MODEL_OPTION_NAMES if k in kwargs}
         # validated by the core first, so invalid options raise embellama's ConfigurationError
-        probe = EmbeddingClient(**_client_options(fields, engine))
+        probe = EmbeddingClient(**_client_options(fields | options, engine))
         fields["model_name"] = model_name or probe.model_name
-        super().__init__(**fields, **kwargs)
+        super().__init__(**fields, **options, **kwargs)
         self._engine = engine
         if preload:
             self.client.preload()
@@ -132,7 +109,7 @@ class EmbellamaEmbedding(BaseEmbedding, ClientBacked):
     @property
     def client(self) -> EmbeddingClient:
         """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
-        fields = {name: getattr(self, name) for name in _CLIENT_FIELDS}
+        fields = {name: getattr(self, name) for name in _CLIENT_FIELDS} | model_option_values(self)
         return self._slot.get(_client_options(fields, self._engine))
 
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Any]:
@@ -204,9 +181,13 @@ def _callers_index(start: int) -> Iterator[None]:
 
 
 _CLIENT_FIELDS = (
-    "model_path", "model_name", "embed_batch_size", "pooling", "normalize", "dimensions", "truncate",
-    "query_instruction", "text_instruction", "n_threads", "n_gpu_layers", "n_workers", "show_progress",
-)  # fmt: skip
+    "model_path",
+    "model_name",
+    "embed_batch_size",
+    "query_instruction",
+    "text_instruction",
+    "show_progress",
+)
 _RENAMED = {"embed_batch_size": "batch_size", "text_instruction": "document_instruction"}
 
 

@@ -23,7 +23,8 @@ from embellama import (
     ModelConfig,
     ModelNotFoundError,
 )
-from embellama.engine import _split
+from embellama.planning import drive
+from embellama.planning import split as _split
 
 from .conftest import MODEL_NAME
 from .texts import varied_texts
@@ -198,9 +199,12 @@ async def test_async_context_manager(model_path: Path) -> None:
 
 
 def test_submit_low_level(engine: EmbeddingEngine) -> None:
-    result = engine.submit(MODEL_NAME, ["x", 3], collect_errors=True).result(timeout=60)
+    result = engine.submit(MODEL_NAME, ["x", "word " * 300], collect_errors=True).result(timeout=60)
     assert np.isfinite(result.vectors[0]).all() and np.isnan(result.vectors[1]).all()
-    assert result.errors[1].index == 1
+    assert result.errors[1].index == 1 and result.errors[1].n_tokens == 302
+    with pytest.raises(InvalidInputError) as info:
+        engine.submit(MODEL_NAME, ["x", 3])  # type: ignore[list-item]
+    assert info.value.index == 1
 
 
 def test_concurrent_loads_leave_sys_stderr_alone(model_path: Path) -> None:
@@ -237,11 +241,11 @@ def test_a_modest_batch_is_shared_between_workers(model_path: Path) -> None:
     # frameworks send batches of 10-64 texts one after another: each must reach every worker, not just one
     with EmbeddingEngine(cache_size=0) as eng:
         eng.load_model(ModelConfig(model_path=model_path, model_name="two", n_workers=2, n_threads=1))
-        plan = eng._plan("two", [f"t{i}" for i in range(40)], "raise")
+        plan = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(40)], "raise"))
         assert [len(c) for c in plan.chunks] == [20, 20]
-        small = eng._plan("two", [f"t{i}" for i in range(10)], "raise")
+        small = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(10)], "raise"))
         assert [len(c) for c in small.chunks] == [10]  # not cut below one decode's worth (8 texts)
-        big = eng._plan("two", [f"t{i}" for i in range(200)], "raise")
+        big = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(200)], "raise"))
         assert [len(c) for c in big.chunks] == [50, 50, 50, 50]  # balanced, not 64+64+64+8
 
 
@@ -258,10 +262,11 @@ def test_split_is_balanced_and_complete(n: int, workers: int, most: int, least: 
 
 
 def test_lone_queries_borrow_idle_cores_only(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import embellama.worker as worker_module
+    import embellama.backends as worker_module
+    from embellama.cpu import idle_cores, usable_cores
     from embellama.model import EmbeddingModel
 
-    assert 0 <= worker_module.idle_cores() <= worker_module.usable_cores()
+    assert 0 <= idle_cores() <= usable_cores()
     chosen: list[int] = []
     set_threads = EmbeddingModel.set_threads
 

@@ -1,7 +1,8 @@
 """Process isolation under real native crashes: GGML_ASSERT aborts and signals delivered to the model's child.
 
-No Python exception stands in for a crash: the child either trips a genuine ``GGML_ASSERT`` (a private test hook
-decodes a batch over ``n_ubatch``, bypassing validation) or is killed with ``SIGSEGV``/``SIGKILL`` mid-batch.
+No Python exception stands in for a crash: the child either trips a genuine ``GGML_ASSERT`` (a test-only
+``sitecustomize`` in ``tests/child_hooks`` decodes a batch over ``n_ubatch`` for one marker text, bypassing
+validation) or is killed with ``SIGSEGV``/``SIGKILL`` mid-batch.
 """
 
 from __future__ import annotations
@@ -27,18 +28,34 @@ from embellama import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from embellama.isolation import ProcessBackend, _describe_exit, _NativeAbortProbe
+from embellama.isolation import ProcessBackend, describe_exit
 
 pytestmark = pytest.mark.timeout(300)
 
 NAME = "iso"
 TEXTS = [f"isolated text number {i} about topic {i % 7}" for i in range(40)]
+ABORT = "embellama test: trip a GGML_ASSERT in the child"
+HOOKS = str(Path(__file__).parent / "child_hooks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def abort_hook() -> Iterator[None]:
+    """Children started by this module's engines trip a real GGML_ASSERT on the ABORT text."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "EMBELLAMA_TEST_ABORT_MARKER")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HOOKS, saved["PYTHONPATH"]) if p)
+    os.environ["EMBELLAMA_TEST_ABORT_MARKER"] = ABORT
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)
 def small_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """One 8-text job per worker round, so a batch spans many rounds and a kill lands mid-batch."""
-    monkeypatch.setattr("embellama.worker.COALESCE_TEXTS", 8)
+    monkeypatch.setattr("embellama.scheduler.COALESCE_TEXTS", 8)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +73,11 @@ def iso(model_path: Path) -> Iterator[EmbeddingEngine]:
 
 
 def spawned_children() -> set[int]:
-    """Pids of this process's spawn children (multiprocessing's resource tracker excluded)."""
+    """Pids of this process's model children."""
     pids = set()
     for child in psutil.Process().children():
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
+            if "embellama._child" in " ".join(child.cmdline()):
                 pids.add(child.pid)
         except psutil.Error:
             pass
@@ -111,10 +128,10 @@ def test_invalid_input_errors_cross_the_process_boundary(iso: EmbeddingEngine) -
 
 def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, reference: np.ndarray) -> None:
     before = child_pid(iso)
-    backend = iso._pools[NAME].workers[0]._backend
+    backend = iso._models[NAME].pool.workers[0].backend
     assert isinstance(backend, ProcessBackend)
     crashes = backend.crashes
-    poison = iso.submit(NAME, [_NativeAbortProbe()])  # type: ignore[list-item]
+    poison = iso.submit(NAME, [ABORT])
     with pytest.raises(ModelCrashedError, match="SIGABRT") as info:
         poison.result(timeout=120)
     assert NAME in str(info.value) and str(before) in str(info.value)
@@ -129,7 +146,7 @@ def test_requests_in_flight_with_a_crash_all_fail_typed(iso: EmbeddingEngine) ->
     """Jobs coalesced into the crashing round fail with ModelCrashedError; none hangs."""
     busy = iso.submit(NAME, [f"warm {i}" for i in range(40)])
     batch = [iso.submit(NAME, [f"bystander {i}"]) for i in range(5)]
-    poison = iso.submit(NAME, [_NativeAbortProbe()])  # type: ignore[list-item]
+    poison = iso.submit(NAME, [ABORT])
     outcomes: list[Any] = []
     for f in [busy, *batch, poison]:
         try:
@@ -172,13 +189,13 @@ def test_transparent_retry_on_a_restarted_worker(model_path: Path, reference: np
         # a poison job exhausts its retries alone; jobs that crashed with it are retried one by one and succeed
         busy = eng.submit("retry", [f"warm {i}" for i in range(40)])
         bystanders = [eng.submit("retry", [TEXTS[i]]) for i in range(3)]
-        poison = eng.submit("retry", [_NativeAbortProbe()])  # type: ignore[list-item]
+        poison = eng.submit("retry", [ABORT])
         busy.result(timeout=180)
         for i, f in enumerate(bystanders):
             np.testing.assert_allclose(f.result(timeout=180).vectors[0], reference[i], atol=3e-4)
         with pytest.raises(ModelCrashedError, match="SIGABRT"):
             poison.result(timeout=180)
-        backend = eng._pools["retry"].workers[0]._backend
+        backend = eng._models["retry"].pool.workers[0].backend
         assert isinstance(backend, ProcessBackend) and backend.crashes >= 4  # 1 kill + 3 poison attempts
 
 
@@ -244,10 +261,11 @@ def test_thread_isolation_reports_own_pid(engine: EmbeddingEngine) -> None:
 
 
 def test_describe_exit() -> None:
-    assert _describe_exit(None) == "closed its pipe"
-    assert _describe_exit(-signal.SIGSEGV) == "was killed by SIGSEGV"
-    assert _describe_exit(-200) == "was killed by signal 200"
-    assert _describe_exit(3) == "exited with code 3"
+    assert describe_exit(None) == "closed its connection"
+    assert describe_exit(-signal.SIGSEGV) == "was killed by SIGSEGV"
+    assert describe_exit(-200) == "was killed by signal 200"
+    assert describe_exit(3) == "exited with status 3"
+    assert "without answering" in describe_exit(0)
 
 
 def test_quantized_model_in_a_child(quantized_paths: dict[str, Path], model_path: Path) -> None:
@@ -261,32 +279,31 @@ def test_quantized_model_in_a_child(quantized_paths: dict[str, Path], model_path
     assert float(np.min(np.sum(q8 * f16, axis=1))) > 0.98
 
 
-def test_child_exits_when_the_parent_pipe_closes(model_path: Path) -> None:
-    """A child whose parent vanished (pipe closed without a stop request) unloads and exits by itself."""
+def test_child_exits_when_the_parent_connection_closes(model_path: Path) -> None:
+    """A child whose parent vanished (socket closed without a stop request) unloads and exits by itself."""
     backend = ProcessBackend(ModelConfig(model_path=model_path, n_workers=1))
     backend.load()
-    proc, conn = backend._process, backend._conn
-    assert proc is not None and conn is not None
-    backend._process = backend._conn = None
-    conn.close()
-    proc.join(60)
-    assert proc.exitcode == 0
+    child = backend._child
+    assert child is not None
+    backend._child = None
+    child.conn.close()
+    assert child.process.wait(60) == 0
     backend.close()  # nothing left to close: harmless
 
 
 def test_unpicklable_outcomes_are_described_not_lost() -> None:
     import multiprocessing
 
+    from embellama._child import send
     from embellama.errors import EmbeddingError
-    from embellama.isolation import _send
 
     class Local(Exception):  # a local class cannot be pickled
         pass
 
     parent, child = multiprocessing.Pipe()
-    _send(child, ("ok", [Local("boom"), 1]))
+    send(child, ("ok", [Local("boom"), 1]))
     status, value = parent.recv()
     assert status == "ok" and isinstance(value[0], EmbeddingError) and "boom" in str(value[0]) and value[1] == 1
-    _send(child, ("error", Local("load failed")))
+    send(child, ("error", Local("load failed")))
     status, value = parent.recv()
     assert status == "error" and isinstance(value, EmbeddingError) and "load failed" in str(value)

@@ -34,7 +34,7 @@ def _outcome(fn: Any, *args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_close_with_requests_in_flight(model_path: Path, isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each in-flight request gets its vectors or a clear EngineClosedError; none hangs."""
-    monkeypatch.setattr("embellama.worker.COALESCE_TEXTS", 8)  # small worker rounds: many are still queued
+    monkeypatch.setattr("embellama.scheduler.COALESCE_TEXTS", 8)  # small worker rounds: many are still queued
     engine = EmbeddingEngine(cache_size=0, chunk_size=4)
     engine.load_model(model_path=model_path, model_name="m", isolation=isolation, n_workers=1)
     started = threading.Event()
@@ -60,7 +60,7 @@ def test_close_with_requests_in_flight(model_path: Path, isolation: str, monkeyp
 
 
 async def test_aclose_with_async_requests_in_flight(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("embellama.worker.COALESCE_TEXTS", 8)
+    monkeypatch.setattr("embellama.scheduler.COALESCE_TEXTS", 8)
     engine = EmbeddingEngine(cache_size=0, chunk_size=8)
     engine.load_model(model_path=model_path, model_name="m", n_workers=1)
     tasks = [
@@ -78,7 +78,7 @@ async def test_aclose_with_async_requests_in_flight(model_path: Path, monkeypatc
 def test_unload_model_with_requests_in_flight(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from embellama import ModelNotFoundError
 
-    monkeypatch.setattr("embellama.worker.COALESCE_TEXTS", 8)
+    monkeypatch.setattr("embellama.scheduler.COALESCE_TEXTS", 8)
 
     def call(i: int) -> Any:
         try:

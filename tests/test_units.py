@@ -123,7 +123,7 @@ def test_job_queue_wakes_the_newest_waiter() -> None:
     import threading
     import time
 
-    from embellama.worker import JobQueue
+    from embellama.scheduler import JobQueue
 
     q = JobQueue()
     got: dict[str, object] = {}

@@ -13,7 +13,7 @@ from .cache import CacheStats
 from .client import EmbeddingClient, shared_engine
 from .config import EngineConfig, ModelConfig, Pooling
 from .default_model import default_model_path
-from .engine import BatchResult, EmbeddingEngine
+from .engine import EmbeddingEngine
 from .errors import (
     ConfigurationError,
     EmbeddingError,
@@ -23,9 +23,10 @@ from .errors import (
     ModelCrashedError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelTimeoutError,
 )
 from .model import EmbeddingModel
-from .worker import ModelInfo
+from .types import BatchResult, ModelInfo
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelTimeoutError",
     "Pooling",
     "__version__",
     "default_model_path",

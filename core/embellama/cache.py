@@ -70,6 +70,10 @@ class EmbeddingCache:
             self._data.clear()
             self._hits = self._misses = 0
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a new lock (another thread may have held the parent's at the fork)."""
+        self._lock = threading.Lock()
+
     def stats(self) -> CacheStats:
         """Current counters."""
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .gguf import read_header
 __all__ = ["main"]
 
 
-def _progress_bar(total: int) -> tuple[object, object]:
+def _progress_bar(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """A stderr progress callback (tqdm when installed) and its closer."""
     try:
         from tqdm import tqdm
@@ -53,11 +53,14 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
     )
     with EmbeddingEngine(cache_size=0) as engine:
         engine.load_model(config)
-        report, close = _progress_bar(len(texts)) if not ns.quiet else (None, lambda: None)
+        report: Callable[[int, int], None] | None = None
+        close: Callable[[], None] = lambda: None  # noqa: E731
+        if not ns.quiet:
+            report, close = _progress_bar(len(texts))
         try:
-            vectors = engine.embed_batch("cli", texts, output="numpy", progress=report)  # type: ignore[arg-type]
+            vectors = engine.embed_batch("cli", texts, output="numpy", progress=report)
         finally:
-            close()  # type: ignore[operator]
+            close()
     if ns.output.endswith(".npy"):
         np.save(ns.output, vectors)
     else:

@@ -9,22 +9,21 @@ bar, twin sync and async methods (async awaits the model thread), and a stable c
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, Pooling
+from .config import MODEL_OPTIONS, ModelConfig
 from .default_model import DEFAULT_MODEL_FILE, cache_dir, default_model_path
-from .engine import EmbeddingEngine
-from .errors import ConfigurationError, InvalidInputError
+from .engine import EmbeddingEngine, ProgressCallback
+from .errors import ConfigurationError
 from .gguf import file_fingerprint
 from .hub import FromPretrained
-from .worker import ModelInfo
+from .types import ModelInfo
 
 __all__ = ["MODEL_PATH_ENV", "ClientBacked", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
 
@@ -35,17 +34,6 @@ DEFAULT_BATCH_SIZE = 64
 
 _shared: EmbeddingEngine | None = None
 _shared_lock = threading.Lock()
-
-# Options that configure the loaded model; with an already-registered model they cannot be set per client.
-_MODEL_DEFAULTS: dict[str, Any] = {
-    "pooling": "model",
-    "normalize": True,
-    "dimensions": None,
-    "truncate": False,
-    "n_threads": None,
-    "n_gpu_layers": 0,
-    "n_workers": None,
-}
 
 
 def shared_engine() -> EmbeddingEngine:
@@ -58,12 +46,6 @@ def shared_engine() -> EmbeddingEngine:
         if _shared is None or _shared.is_closed:
             _shared = EmbeddingEngine()
         return _shared
-
-
-@atexit.register
-def _close_shared_engine() -> None:  # pragma: no cover - runs at interpreter exit
-    if _shared is not None:
-        _shared.close(timeout=5.0)
 
 
 def model_path_from_env() -> str | None:
@@ -91,18 +73,13 @@ class EmbeddingClient(FromPretrained):
         engine: Engine to use. Defaults to :func:`shared_engine`.
         model_name: With ``engine`` and no ``model_path``: the name of a model already loaded there. Otherwise the
             name the model is registered under (a model with the same file and options keeps its existing name).
-        pooling: Pooling strategy (see :class:`~embellama.config.Pooling`). Defaults to the model's own.
-        normalize: L2-normalize vectors. Defaults to True.
-        dimensions: Keep only the first N dimensions (Matryoshka). Defaults to all.
-        truncate: Cut over-long inputs instead of raising ``InvalidInputError``. Defaults to False.
-        n_threads: Threads per model instance. Defaults to the usable cores divided by ``n_workers``.
-        n_gpu_layers: Layers offloaded to a GPU (-1: all). Defaults to 0.
-        n_workers: Model instances (each on its own thread). Defaults to :class:`~embellama.config.ModelConfig`'s.
-        batch_size: Texts sent to the engine per request; the progress bar advances per batch. Defaults to 64.
+        batch_size: Kept for compatibility: the engine plans and splits every request itself. Defaults to 64.
         query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to none.
         document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to none.
         show_progress: Show a tqdm progress bar while embedding documents. Defaults to False.
         preload: Load the model now instead of on first use. Defaults to False.
+        **model_options: Any :class:`~embellama.config.ModelConfig` option (``pooling``, ``normalize``,
+            ``dimensions``, ``truncate``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
 
     Raises:
         ConfigurationError: an option is invalid.
@@ -115,18 +92,12 @@ class EmbeddingClient(FromPretrained):
         *,
         engine: EmbeddingEngine | None = None,
         model_name: str | None = None,
-        pooling: Pooling | str = "model",
-        normalize: bool = True,
-        dimensions: int | None = None,
-        truncate: bool = False,
-        n_threads: int | None = None,
-        n_gpu_layers: int = 0,
-        n_workers: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         query_instruction: str | None = "",
         document_instruction: str | None = "",
         show_progress: bool = False,
         preload: bool = False,
+        **model_options: Any,
     ) -> None:
         if engine is not None and not isinstance(engine, EmbeddingEngine):
             raise ConfigurationError(f"engine must be an EmbeddingEngine, got {type(engine).__name__}")
@@ -134,6 +105,9 @@ class EmbeddingClient(FromPretrained):
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(show_progress, bool):
             raise ConfigurationError(f"show_progress must be a bool, got {show_progress!r}")
+        unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) {unknown}; model options are {sorted(MODEL_OPTIONS)}")
         self.query_instruction = _check_instruction("query_instruction", query_instruction)
         self.document_instruction = _check_instruction("document_instruction", document_instruction)
         self.batch_size = batch_size
@@ -141,20 +115,12 @@ class EmbeddingClient(FromPretrained):
         self._engine = engine
         self._lock = threading.Lock()
         self._loaded: tuple[EmbeddingEngine, str] | None = None
-        options: dict[str, Any] = {
-            "pooling": pooling,
-            "normalize": normalize,
-            "dimensions": dimensions,
-            "truncate": truncate,
-            "n_threads": n_threads,
-            "n_gpu_layers": n_gpu_layers,
-            "n_workers": n_workers,
-        }
         self.config: ModelConfig | None
         self._build_default = False
+        given = {k: v for k, v in model_options.items() if not (v is None and MODEL_OPTIONS[k] is None)}
         if engine is not None and model_path is None and model_name is not None:
             # a model already registered in the caller's engine: its options are the engine's
-            changed = sorted(k for k, v in options.items() if v != _MODEL_DEFAULTS[k])
+            changed = sorted(k for k, v in given.items() if v != MODEL_OPTIONS[k])
             if changed:
                 raise ConfigurationError(
                     f"options {changed} configure a model and cannot be set when using the model {model_name!r} "
@@ -170,7 +136,6 @@ class EmbeddingClient(FromPretrained):
                 # the default model's path is known without building it; building waits for first use
                 model_path = cache_dir() / "models" / DEFAULT_MODEL_FILE
                 self._build_default = True
-            given = {k: v for k, v in options.items() if not (k == "n_workers" and v is None)}  # None: core default
             self.config = ModelConfig(model_path=model_path, model_name=model_name, **given)
         if preload:
             self.preload()
@@ -252,87 +217,68 @@ class EmbeddingClient(FromPretrained):
     # ------------------------------------------------------------------ embedding
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed documents (with the document instruction): one ``list[float]`` per text, in order."""
-        items = self._prefixed(texts, self.document_instruction)
-        out: list[list[float]] = []
-        with self._progress(len(items)) as advance:
-            for start, batch in self._batches(items):
-                out.extend(self._call(start, batch))
-                advance(len(batch))
-        return out
+        engine, name = self.ensure_loaded()
+        with self._progress(texts) as progress:
+            vectors: list[list[float]] = engine.embed_batch(
+                name, _prefixed(texts, self.document_instruction), progress=progress
+            )
+        return vectors
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the query instruction)."""
-        item = self._prefixed([text], self.query_instruction)[0]
         engine, name = self.ensure_loaded()
-        vector: list[float] = engine.embed(name, item)
-        return vector
+        return engine.embed(name, _prefixed_one(text, self.query_instruction))
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`: awaits the model thread, never blocks the loop or uses an executor."""
-        items = self._prefixed(texts, self.document_instruction)
-        out: list[list[float]] = []
-        with self._progress(len(items)) as advance:
-            for start, batch in self._batches(items):
-                out.extend(await self._acall(start, batch))
-                advance(len(batch))
-        return out
+        engine, name = self.ensure_loaded()
+        with self._progress(texts) as progress:
+            vectors: list[list[float]] = await engine.aembed_batch(
+                name, _prefixed(texts, self.document_instruction), progress=progress
+            )
+        return vectors
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`."""
-        item = self._prefixed([text], self.query_instruction)[0]
         engine, name = self.ensure_loaded()  # loads once per process and model; requests then await the thread
-        vector: list[float] = await engine.aembed(name, item)
-        return vector
+        return await engine.aembed(name, _prefixed_one(text, self.query_instruction))
 
     def __repr__(self) -> str:
         where = self.config.model_path if self.config is not None else "registered"
         return f"<EmbeddingClient {self.model_name!r} ({where})>"
 
     # ------------------------------------------------------------------ internals
-    @staticmethod
-    def _prefixed(texts: Sequence[str], prefix: str) -> list[str]:
-        if isinstance(texts, (str, bytes)):
-            raise InvalidInputError(f"expected a sequence of texts, got a single {type(texts).__name__}")
-        items = list(texts)
-        for i, text in enumerate(items):
-            if not isinstance(text, str):
-                raise InvalidInputError(f"expected str, got {type(text).__name__}", index=i if len(items) > 1 else None)
-        return [prefix + t for t in items] if prefix else items
-
-    def _batches(self, items: list[str]) -> Iterator[tuple[int, list[str]]]:
-        for start in range(0, len(items), self.batch_size):
-            yield start, items[start : start + self.batch_size]
-
-    def _call(self, start: int, batch: list[str]) -> list[list[float]]:
-        engine, name = self.ensure_loaded()
-        try:
-            vectors: list[list[float]] = engine.embed_batch(name, batch)
-            return vectors
-        except InvalidInputError as exc:
-            raise _shift(exc, start) from None
-
-    async def _acall(self, start: int, batch: list[str]) -> list[list[float]]:
-        engine, name = self.ensure_loaded()  # loads once per process and model; requests then await the thread
-        try:
-            vectors: list[list[float]] = await engine.aembed_batch(name, batch)
-            return vectors
-        except InvalidInputError as exc:
-            raise _shift(exc, start) from None
-
     @contextmanager
-    def _progress(self, total: int) -> Iterator[Callable[[int], None]]:
+    def _progress(self, texts: Sequence[str]) -> Iterator[ProgressCallback | None]:
+        """A progress callback driving a tqdm bar (the engine calls it as texts finish), or None."""
+        total = len(texts) if isinstance(texts, Sized) and not isinstance(texts, (str, bytes)) else 0
         if not self.show_progress or total == 0:
-            yield lambda n: None
+            yield None
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is in the progress extra
             raise ConfigurationError("show_progress needs tqdm: pip install 'embellama[progress]'") from None
         bar = tqdm(total=total, desc="Embedding", unit="text")
+
+        def advance(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
         try:
-            yield bar.update
+            yield advance
         finally:
             bar.close()
+
+
+def _prefixed(texts: Sequence[str], prefix: str) -> Sequence[str]:
+    """``texts`` with ``prefix`` in front of each str (other items are left for the engine to report)."""
+    if not prefix or texts is None or isinstance(texts, (str, bytes)):
+        return texts
+    return [prefix + t if isinstance(t, str) else t for t in texts]
+
+
+def _prefixed_one(text: str, prefix: str) -> str:
+    return prefix + text if prefix and isinstance(text, str) else text
 
 
 class ClientSlot:
@@ -374,8 +320,3 @@ class ClientBacked(FromPretrained):
     def info(self) -> ModelInfo:
         """Metadata of the loaded model (loads it if needed)."""
         return self.client.info
-
-
-def _shift(exc: InvalidInputError, start: int) -> InvalidInputError:
-    """Re-base a batch-relative error index onto the caller's whole list."""
-    return exc.at_index(exc.index + start) if exc.index is not None else exc

@@ -7,15 +7,25 @@ process (``GGML_ASSERT``) is refused with a :class:`~embellama.errors.Configurat
 from __future__ import annotations
 
 import dataclasses
-import os
+import itertools
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+from .cpu import usable_cores
 from .errors import ConfigurationError
 
-__all__ = ["EngineConfig", "Isolation", "ModelConfig", "Pooling", "default_thread_count", "default_worker_count"]
+__all__ = [
+    "MODEL_OPTIONS",
+    "EngineConfig",
+    "Isolation",
+    "ModelConfig",
+    "Pooling",
+    "default_thread_count",
+    "default_worker_count",
+    "option_docs",
+]
 
 # llama.cpp's LLAMA_MAX_SEQ: more parallel sequences than this aborts context creation.
 LLAMA_MAX_SEQ = 256
@@ -56,14 +66,6 @@ class Pooling(str, Enum):
 
 MAX_DEFAULT_WORKERS = 4
 """Most model instances :func:`default_worker_count` picks (each holds its own context and compute buffers)."""
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def default_worker_count() -> int:
@@ -162,6 +164,12 @@ class ModelConfig:
     crash_retries: int = 0
     """With process isolation: how many times a request is retried on a restarted worker after a crash."""
 
+    request_timeout: float | None = 300.0
+    """With process isolation: seconds a request may go without progress (a finished decode) before its worker
+    process is killed and the request fails with :class:`~embellama.errors.ModelTimeoutError`; also bounds a
+    child's load. ``None`` waits forever. In-process (``isolation="thread"``) a native call cannot be
+    interrupted, so this does not apply there. Defaults to 300."""
+
     verbose: bool = False
     """Let llama.cpp print its own log to stderr. Defaults to False."""
 
@@ -193,6 +201,11 @@ class ModelConfig:
             raise ConfigurationError(f"isolation must be 'thread' or 'process', got {self.isolation!r}")
         if isinstance(self.crash_retries, bool) or not isinstance(self.crash_retries, int) or self.crash_retries < 0:
             raise ConfigurationError(f"crash_retries must be an integer >= 0, got {self.crash_retries!r}")
+        timeout = self.request_timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
+            raise ConfigurationError(f"request_timeout must be a positive number of seconds or None, got {timeout!r}")
         for flag in ("normalize", "truncate", "use_mmap", "flash_attn", "verbose"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -216,6 +229,41 @@ class ModelConfig:
         """The options that change a text's vector; part of every cache key."""
         assert isinstance(self.pooling, Pooling)
         return (self.pooling.value, self.normalize, self.dimensions, self.truncate, self.max_tokens)
+
+
+def _model_options() -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in ("model_path", "model_name"):
+            continue
+        options[f.name] = None if f.default is dataclasses.MISSING else f.default
+    return options
+
+
+MODEL_OPTIONS: dict[str, Any] = _model_options()
+"""Every option of :class:`ModelConfig` besides the file and the name, with its default (``None`` where the
+default is computed, e.g. ``n_workers``). Adapters take exactly these, so options are declared once, here."""
+
+
+def option_docs() -> dict[str, str]:
+    """The docstring of each :class:`ModelConfig` field (adapters show them as their field descriptions)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(ModelConfig)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,161 +1,66 @@
-"""``EmbeddingEngine``: a registry of named models with twin sync and async APIs over one core.
+"""``EmbeddingEngine``: a registry of named models with twin sync and async APIs over one request path.
 
-Every request becomes jobs on a model's queue, served by that model's worker thread(s) (see ``worker``). Sync
-calls wait on ``concurrent.futures.Future``; async calls await the same futures with ``asyncio.wrap_future``,
-so the event loop never blocks and the model is never called from another thread.
+A request is planned once (:mod:`embellama.planning`: validation, cache, even chunks), its chunks become jobs on
+the serving model's :class:`~embellama.scheduler.WorkerPool`, and the answer is assembled from their results.
+The model is looked up once per request, so a request is answered — and cached — by the model that planned it,
+even if the name is unloaded and reloaded meanwhile. Sync calls wait on ``concurrent.futures.Future`` s; async
+calls await the same futures with ``asyncio.wrap_future`` and plan and assemble in slices, so the event loop never
+blocks and a model is only ever called from its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
+import concurrent.futures
+import functools
 import logging
-import queue
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
+from . import lifecycle
+from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
-from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
-from .worker import Activity, Job, JobQueue, JobResult, ModelInfo, ModelWorker, _fail_pending
+from .errors import ConfigurationError, EngineClosedError, ModelNotFoundError
+from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request
+from .scheduler import WorkerPool
+from .texts import validate_text
+from .types import BatchResult, Job, JobResult, ModelInfo
 
 __all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback"]
 
 logger = logging.getLogger(__name__)
 
-Output = Literal["list", "numpy"]
-OnError = Literal["raise", "collect"]
 ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` (texts) after each finished chunk of a batch, from a worker thread."""
+"""Called as ``progress(done, total)`` with the texts finished so far, in the caller's thread (or event loop)."""
 
-_OPEN_ENGINES: weakref.WeakSet[EmbeddingEngine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_engines() -> None:  # pragma: no cover - runs at interpreter exit
-    # Wait for decodes already inside llama.cpp: exiting while a worker thread decodes runs the C++ static
-    # destructors under it (SIGSEGV, seen in test_lifecycle). Queued requests fail at once and an in-process round
-    # stops after its current decode, so this is normally well under a second.
-    for engine in list(_OPEN_ENGINES):
-        engine.close(timeout=_EXIT_TIMEOUT)
-
-
-_EXIT_TIMEOUT = 120.0
-"""Seconds interpreter exit waits for a worker to finish the round it is decoding."""
-
-
-@contextlib.contextmanager
-def _single_text(text: object) -> Iterator[None]:
-    """Validate a lone text and report its errors without a batch index (it has none)."""
-    if not isinstance(text, str):
-        raise InvalidInputError(f"expected str, got {type(text).__name__}")
-    try:
-        yield
-    except InvalidInputError as exc:
-        raise InvalidInputError(exc.reason, n_tokens=exc.n_tokens, limit=exc.limit, model_name=exc.model_name) from None
+FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass
-class BatchResult:
-    """Result of ``embed_batch(..., on_error="collect")``: a vector per valid text, ``None`` per invalid one."""
+class _Model:
+    """A registered model: its configuration and the pool serving it."""
 
-    embeddings: list[Any]
-    errors: dict[int, InvalidInputError] = field(default_factory=dict)
+    config: ModelConfig
+    pool: WorkerPool
 
     @property
-    def ok(self) -> bool:
-        """Whether every text was embedded."""
-        return not self.errors
+    def ready(self) -> bool:
+        return self.pool.info is not None and not self.pool.stopping.is_set()
 
 
-class _ModelPool:
-    """The workers and queue serving one registered model."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        self.config = config
-        self.jobs: queue.Queue[Any] = JobQueue()
-        activity = Activity()
-        self.workers = [ModelWorker(config, self.jobs, i, activity) for i in range(config.n_workers)]
-        self.info: ModelInfo | None = None
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def put(self, job: Job) -> None:
-        """Queue ``job``; once the pool is stopping it fails with ``EngineClosedError`` instead (never hangs)."""
-        with self._lock:
-            if not self.closed:
-                self.jobs.put(job)
-                return
-        if job.future.set_running_or_notify_cancel():
-            job.future.set_exception(EngineClosedError("the model was unloaded before this request was served"))
-
-    def start(self) -> ModelInfo:
-        for w in self.workers:
-            w.start()
-        try:
-            infos = [w.loaded.result() for w in self.workers]
-        except BaseException:
-            self.stop()
-            raise
-        self.info = infos[0]
-        return self.info
-
-    def stop(self, timeout: float | None = 30.0) -> None:
-        with self._lock:
-            self.closed = True
-        for w in self.workers:
-            w.stopping.set()
-        _fail_pending(self.jobs)
-        ModelWorker.stop(self.jobs, len(self.workers))
-        current = threading.current_thread()
-        for w in self.workers:
-            if w is not current and w.is_alive():
-                w.join(timeout)
-
-
-def _split(indices: list[int], n_workers: int, most: int, least: int) -> list[list[int]]:
-    """Cut a request into equal chunks (sizes differ by at most one) of at most ``most`` texts.
-
-    Frameworks send batches of 10-64 texts one after another: each must reach every worker, and evenly (200
-    long texts as 64+64+64+8 would leave one worker with twice the work), so the chunk count is rounded up to a
-    multiple of ``n_workers`` as long as chunks keep at least ``least`` texts (one decode's worth).
-    """
-    n = len(indices)
-    if n == 0:
-        return []
-    needed = -(-n // most)
-    shared = -(-needed // n_workers) * n_workers
-    n_chunks = max(needed, min(shared, n // max(1, least)), 1)
-    q, r = divmod(n, n_chunks)
-    chunks, start = [], 0
-    for k in range(n_chunks):
-        size = q + (1 if k < r else 0)
-        chunks.append(indices[start : start + size])
-        start += size
-    return chunks
-
-
-@dataclass
-class _Plan:
-    """How one batch request is answered: cached rows, and chunks of the rest sent to the workers."""
-
-    n: int
-    dims: int
-    rows: npt.NDArray[np.float32]
-    missing: list[int]
-    chunks: list[list[int]]
-    keys: list[Any]
-    texts: list[Any]
-    errors: dict[int, InvalidInputError] = field(default_factory=dict)
+def _stop_pools(models: dict[str, _Model]) -> None:
+    """Finalizer of an engine dropped while open: ask its workers to stop (they unload on their own threads)."""
+    for model in list(models.values()):
+        model.pool.signal_stop()
 
 
 class EmbeddingEngine:
@@ -172,35 +77,49 @@ class EmbeddingEngine:
         if config is not None and options:
             raise ConfigurationError("pass either an EngineConfig or keyword options, not both")
         self.config = config or EngineConfig(**options)
-        self._pools: dict[str, _ModelPool] = {}
+        self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._cache = EmbeddingCache(self.config.cache_size)
-        _OPEN_ENGINES.add(self)
+        self._forked: dict[str, ModelConfig] = {}
+        self._stuck: list[threading.Thread] = []
+        lifecycle.track(self, functools.partial(_stop_pools, self._models))
 
     # ------------------------------------------------------------------ registry
     def load_model(self, config: ModelConfig | None = None, /, **options: Any) -> ModelInfo:
         """Load a model and register it under ``config.model_name``; blocks until its workers are ready.
 
         Raises:
-            ConfigurationError: a model of that name is already registered, or the options are invalid.
+            ConfigurationError: a model of that name is already registered (or loading), or the options are
+                invalid.
             ModelNotFoundError, ModelLoadError: the file is missing or cannot be loaded.
+            EngineClosedError: the engine was closed, or the name unloaded, while the model was loading.
         """
         if config is not None and options:
             raise ConfigurationError("pass either a ModelConfig or keyword options, not both")
         config = config or ModelConfig(**options)
         with self._lock:
             self._check_open()
-            if config.name in self._pools:
-                raise ConfigurationError(f"a model named {config.name!r} is already loaded")
-            pool = _ModelPool(config)
-            self._pools[config.name] = pool
+            existing = self._models.get(config.name)
+            if existing is not None:
+                state = "loaded" if existing.ready else "loading"
+                raise ConfigurationError(f"a model named {config.name!r} is already {state}")
+            model = _Model(config, self._new_pool(config))
+            self._models[config.name] = model
         try:
-            return pool.start()
+            info = model.pool.start()
         except BaseException:
             with self._lock:
-                self._pools.pop(config.name, None)
+                if self._models.get(config.name) is model:
+                    del self._models[config.name]
             raise
+        with self._lock:
+            if self._models.get(config.name) is model and not self._closed:
+                return info
+        model.pool.stop()
+        if self._closed:
+            raise EngineClosedError(f"the engine was closed while model {config.name!r} was loading")
+        raise EngineClosedError(f"model {config.name!r} was unloaded while it was loading")
 
     def ensure_model(self, config: ModelConfig) -> str:
         """Register ``config`` unless a model with the same file and options is loaded; return its name.
@@ -209,11 +128,11 @@ class EmbeddingEngine:
         """
         with self._lock:
             self._check_open()
-            for name, pool in self._pools.items():
-                if pool.config.replace(model_name=config.name) == config:
+            for name, model in self._models.items():
+                if model.config.replace(model_name=config.name) == config:
                     return name
             name, i = config.name, 1
-            while name in self._pools:
+            while name in self._models:
                 i += 1
                 name = f"{config.name}#{i}"
             config = config.replace(model_name=name)
@@ -221,37 +140,74 @@ class EmbeddingEngine:
             self.load_model(config)
         except ConfigurationError:
             with self._lock:  # another thread registered the same config meanwhile
-                for existing, pool in self._pools.items():
-                    if pool.config.replace(model_name=config.name) == config:
+                for existing, model in self._models.items():
+                    if model.config.replace(model_name=config.name) == config:
                         return existing
             raise
         return name
 
     def unload_model(self, name: str) -> None:
-        """Stop the model's workers and free it; queued requests fail with ``EngineClosedError``."""
+        """Stop the model's workers and free it; its queued requests fail with ``EngineClosedError``."""
         with self._lock:
-            pool = self._pools.pop(name, None)
-        if pool is None:
-            raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._pools)})")
-        pool.stop()
+            model = self._models.pop(name, None)
+            self._forked.pop(name, None)
+        if model is None:
+            raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._models)})")
+        model.pool.stop()
 
     @property
     def models(self) -> dict[str, ModelInfo]:
         """Loaded models by name."""
         with self._lock:
-            return {name: pool.info for name, pool in self._pools.items() if pool.info is not None}
+            return {name: m.pool.info for name, m in self._models.items() if m.pool.info is not None}
 
     def model_info(self, name: str) -> ModelInfo:
         """Metadata of the loaded model ``name``."""
-        info = self._pool(name).info
+        info = self._serving(name).pool.info
         assert info is not None
         return info
 
     # ------------------------------------------------------------------ sync API
+    @overload
+    def embed(self, name: str, text: str, *, output: Literal["list"] = ...) -> list[float]: ...
+    @overload
+    def embed(self, name: str, text: str, *, output: Literal["numpy"]) -> FloatArray: ...
+
     def embed(self, name: str, text: str, *, output: Output = "list") -> Any:
         """Embed one text: a ``list[float]`` (or a 1-D array with ``output="numpy"``)."""
-        with _single_text(text):
-            return self.embed_batch(name, [text], output=output)[0]
+        model = self._serving(name)
+        return self._run(model, drive(self._plan(model, [text], "raise", single=True)), output, None)[0]
+
+    @overload
+    def embed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Literal["list"] = ...,
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> list[list[float]]: ...
+    @overload
+    def embed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Literal["numpy"],
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> FloatArray: ...
+    @overload
+    def embed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Output = ...,
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["collect"],
+    ) -> BatchResult: ...
 
     def embed_batch(
         self,
@@ -268,25 +224,55 @@ class EmbeddingEngine:
             name: A loaded model's name.
             texts: Any iterable of str (a generator is consumed once).
             output: ``"list"`` for ``list[list[float]]``, ``"numpy"`` for a 2-D float32 array.
-            progress: Optional ``progress(done, total)`` callback.
+            progress: Optional ``progress(done, total)`` callback, called in this thread as texts finish.
             on_error: ``"raise"`` (default) raises the first ``InvalidInputError``; ``"collect"`` returns a
                 :class:`BatchResult` with vectors for the valid texts and an error per invalid index.
         """
-        plan = self._plan(name, texts, on_error)
-        futures = self._submit(name, plan, on_error, progress)
-        try:
-            results = [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        return self._finish(plan, results, output, on_error)
+        model = self._serving(name)
+        return self._run(model, drive(self._plan(model, texts, on_error)), output, progress)
 
     # ------------------------------------------------------------------ async API
+    @overload
+    async def aembed(self, name: str, text: str, *, output: Literal["list"] = ...) -> list[float]: ...
+    @overload
+    async def aembed(self, name: str, text: str, *, output: Literal["numpy"]) -> FloatArray: ...
+
     async def aembed(self, name: str, text: str, *, output: Output = "list") -> Any:
         """Async :meth:`embed`: awaits the model thread, never blocks the event loop."""
-        with _single_text(text):
-            return (await self.aembed_batch(name, [text], output=output))[0]
+        model = self._serving(name)
+        plan = await _adrive(self._plan(model, [text], "raise", single=True))
+        return (await self._arun(model, plan, output, None))[0]
+
+    @overload
+    async def aembed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Literal["list"] = ...,
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> list[list[float]]: ...
+    @overload
+    async def aembed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Literal["numpy"],
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> FloatArray: ...
+    @overload
+    async def aembed_batch(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        output: Output = ...,
+        progress: ProgressCallback | None = ...,
+        on_error: Literal["collect"],
+    ) -> BatchResult: ...
 
     async def aembed_batch(
         self,
@@ -298,20 +284,19 @@ class EmbeddingEngine:
         on_error: OnError = "raise",
     ) -> Any:
         """Async :meth:`embed_batch`; cancelling the awaiting task drops its not-yet-started chunks."""
-        plan = self._plan(name, texts, on_error)
-        futures = self._submit(name, plan, on_error, progress)
-        try:
-            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        return self._finish(plan, list(results), output, on_error)
+        model = self._serving(name)
+        plan = await _adrive(self._plan(model, texts, on_error))
+        return await self._arun(model, plan, output, progress)
 
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
-        """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future."""
-        job = Job(list(texts), collect_errors)
-        self._pool(name).put(job)
+        """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future.
+
+        Raises:
+            InvalidInputError: a text is not a ``str`` UTF-8 can encode (``collect_errors`` covers only errors
+                found by the model, such as over-long texts).
+        """
+        job = Job([validate_text(t, i) for i, t in enumerate(texts)], collect_errors)
+        self._serving(name).pool.put(job)
         return job.future
 
     def worker_pids(self, name: str) -> list[int | None]:
@@ -320,7 +305,7 @@ class EmbeddingEngine:
         With ``isolation="process"`` these are the child processes (None while a crashed child awaits restart);
         otherwise every entry is this process's id.
         """
-        return [w.pid for w in self._pool(name).workers]
+        return self._serving(name).pool.pids()
 
     # ------------------------------------------------------------------ cache & lifecycle
     def cache_stats(self) -> CacheStats:
@@ -337,20 +322,42 @@ class EmbeddingEngine:
         return self._closed
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Unload every model and stop every worker (idempotent). Queued requests get ``EngineClosedError``."""
+        """Unload every model and stop every worker (idempotent). Queued requests get ``EngineClosedError``.
+
+        Args:
+            timeout: Seconds to wait in all for workers to finish the decode they are running. A process-isolated
+                worker still running then has its child killed; an in-process decode cannot be interrupted and
+                its worker exits when the decode returns. Defaults to 30.
+        """
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.stop(timeout)
-        _OPEN_ENGINES.discard(self)
+            models = list(self._models.values())
+            self._models.clear()
+            self._forked.clear()
+        for model in models:
+            model.pool.signal_stop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for model in models:
+            model.pool.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._stuck = [w for m in models for w in m.pool.join(0)]
+        lifecycle.untrack(self)
+
+    def running_threads(self) -> list[threading.Thread]:
+        """Worker threads still inside a native call after :meth:`close` returned (normally none)."""
+        return [t for t in self._stuck if t.is_alive()]
 
     async def aclose(self) -> None:
-        """Async :meth:`close` (joins the workers off the event loop)."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        """Async :meth:`close`: joins the workers on a helper thread, not on the event loop."""
+        done: Future[None] = Future()
+
+        def close() -> None:
+            try:
+                self.close()
+            finally:
+                done.set_result(None)
+
+        threading.Thread(target=close, name="embellama-aclose", daemon=True).start()
+        await asyncio.wrap_future(done)
 
     def __enter__(self) -> EmbeddingEngine:
         self._check_open()
@@ -371,87 +378,145 @@ class EmbeddingEngine:
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"models={sorted(self._pools)}"
+        state = "closed" if self._closed else f"models={sorted(self._models)}"
         return f"<EmbeddingEngine {state}>"
+
+    def after_fork_in_child(self) -> None:
+        """In a child made by ``os.fork()``: forget the parent's workers; each model reloads on its next request."""
+        self._lock = threading.RLock()
+        self._cache.after_fork_in_child()
+        for name, model in self._models.items():
+            model.pool.forget_after_fork()
+            if model.pool.info is not None:
+                self._forked[name] = model.config
+        self._models.clear()
+        self._stuck = []
 
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed")
 
-    def _pool(self, name: str) -> _ModelPool:
+    def _new_pool(self, config: ModelConfig) -> WorkerPool:
+        return WorkerPool(config.name, config.n_workers, backend_factory(config), config.max_texts_per_decode)
+
+    def _serving(self, name: str) -> _Model:
+        """The model serving ``name`` now (reloaded first in a forked child)."""
         with self._lock:
             self._check_open()
-            pool = self._pools.get(name)
-            if pool is None or pool.info is None:
-                raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._pools)})")
-            return pool
+            model = self._models.get(name)
+            forked = self._forked.pop(name, None) if model is None else None
+        if forked is not None:
+            self.load_model(forked)
+            return self._serving(name)
+        if model is None:
+            raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._models)})")
+        if model.pool.info is None:
+            raise ModelNotFoundError(f"model {name!r} is still loading; wait for load_model() to return")
+        return model
 
-    def _plan(self, name: str, texts: Iterable[str], on_error: OnError) -> _Plan:
-        if isinstance(texts, (str, bytes)):
-            raise InvalidInputError(f"expected a sequence of texts, got a single {type(texts).__name__}")
-        if texts is None:
-            raise InvalidInputError("expected a sequence of texts, got None")
-        if on_error not in ("raise", "collect"):
-            raise ConfigurationError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
-        pool = self._pool(name)
-        assert pool.info is not None
-        items = list(texts)
-        options = pool.config.output_options()
-        dims = pool.info.dimensions
-        rows = np.empty((len(items), dims), dtype=np.float32)
-        missing: list[int] = []
-        keys: list[Any] = [None] * len(items)
-        for i, text in enumerate(items):
-            if isinstance(text, str):
-                keys[i] = (pool.info.fingerprint, options, text)
-                hit = self._cache.get(keys[i])
-                if hit is not None:
-                    rows[i] = hit
-                    continue
-            missing.append(i)
-        chunks = _split(missing, pool.config.n_workers, self.config.chunk_size, pool.config.max_texts_per_decode)
-        return _Plan(len(items), dims, rows, missing, chunks, keys, items)
+    def _plan(self, model: _Model, texts: Iterable[str], on_error: OnError, *, single: bool = False) -> Steps:
+        info = model.pool.info
+        assert info is not None
+        return plan_request(
+            texts,
+            identity=(info.fingerprint, model.config.output_options()),
+            dims=info.dimensions,
+            cache=self._cache,
+            on_error=on_error,
+            n_workers=model.config.n_workers,
+            most=self.config.chunk_size,
+            least=model.config.max_texts_per_decode,
+            single=single,
+        )
 
-    def _submit(
-        self, name: str, plan: _Plan, on_error: OnError, progress: ProgressCallback | None
-    ) -> list[Future[JobResult]]:
-        pool = self._pool(name)
-        futures: list[Future[JobResult]] = []
-        done = [plan.n - len(plan.missing)]
-        lock = threading.Lock()
+    def _submit(self, model: _Model, plan: Plan) -> list[Future[JobResult]]:
+        futures = []
         for chunk in plan.chunks:
-            job = Job([plan.texts[i] for i in chunk], on_error == "collect", indices=chunk)
-            if progress is not None:
-
-                def report(_: Future[JobResult], n: int = len(chunk)) -> None:
-                    with lock:
-                        done[0] += n
-                        current = done[0]
-                    progress(current, plan.n)
-
-                job.future.add_done_callback(report)
+            job = Job([plan.texts[i] for i in chunk], plan.collect, plan.job_indices(chunk))
             futures.append(job.future)
-            pool.put(job)
-        if progress is not None and not plan.chunks:
-            progress(plan.n, plan.n)
+            model.pool.put(job)
         return futures
 
-    def _finish(self, plan: _Plan, results: list[JobResult], output: Output, on_error: OnError) -> Any:
-        for chunk, result in zip(plan.chunks, results, strict=False):
-            plan.rows[chunk] = result.vectors
-            for local, err in result.errors.items():
-                plan.errors[chunk[local]] = err
-            for local, i in enumerate(chunk):
-                if local not in result.errors and plan.keys[i] is not None:
-                    self._cache.put(plan.keys[i], plan.rows[i])
-        if output == "numpy":
-            vectors: Any = plan.rows
-        elif output == "list":
-            vectors = plan.rows.tolist()
-        else:
-            raise ConfigurationError(f"output must be 'list' or 'numpy', got {output!r}")
-        if on_error == "collect":
-            embeddings = [None if i in plan.errors else vectors[i] for i in range(plan.n)]
-            return BatchResult(embeddings, dict(sorted(plan.errors.items())))
-        return vectors
+    def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
+        futures = self._submit(model, plan)
+        tracker = _Progress(plan, futures, progress)
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                if tracker.finished(done):
+                    _cancel(pending)
+                    concurrent.futures.wait(pending)
+                    break
+        except BaseException:
+            _cancel(futures)
+            raise
+        return drive(assemble(plan, _results(futures), output, self._cache))
+
+    async def _arun(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
+        futures = self._submit(model, plan)
+        tracker = _Progress(plan, futures, progress)
+        waiting = {asyncio.wrap_future(f): f for f in futures}
+        pending = set(waiting)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if tracker.finished([waiting[d] for d in done]):
+                    _cancel(waiting[p] for p in pending)
+                    if pending:
+                        await asyncio.wait(pending)
+                    break
+        except BaseException:
+            _cancel(futures)
+            raise
+        return await _adrive(assemble(plan, _results(futures), output, self._cache))
+
+
+class _Progress:
+    """Counts finished texts for a request and reports them in the caller's thread."""
+
+    def __init__(self, plan: Plan, futures: list[Future[JobResult]], callback: ProgressCallback | None) -> None:
+        self.total = plan.n
+        self.done = plan.done_at_start
+        self.sizes = {f: len(c) for f, c in zip(futures, plan.chunks, strict=True)}
+        self.callback = callback
+        if callback is not None and not futures:
+            callback(self.total, self.total)
+
+    def finished(self, futures: Iterable[Future[JobResult]]) -> bool:
+        """Count ``futures`` that succeeded; return whether any failed (the request then stops early)."""
+        failed = False
+        for f in futures:
+            if f.cancelled() or f.exception() is not None:
+                failed = True
+                continue
+            self.done += self.sizes[f]
+            if self.callback is not None:
+                self.callback(self.done, self.total)
+        return failed
+
+
+def _cancel(futures: Iterable[Future[Any]]) -> None:
+    for f in futures:
+        f.cancel()
+
+
+def _results(futures: list[Future[JobResult]]) -> list[JobResult]:
+    """Every job's result, or the failure of the earliest failed job (chunks are in index order)."""
+    for f in futures:
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+    if any(f.cancelled() for f in futures):
+        raise EngineClosedError("the request was cancelled before it was served")
+    return [f.result() for f in futures]
+
+
+async def _adrive(steps: Steps) -> Any:
+    """Run a planning generator, letting the event loop run between slices."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        await asyncio.sleep(0)

@@ -11,6 +11,7 @@ __all__ = [
     "ModelCrashedError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelTimeoutError",
 ]
 
 
@@ -39,6 +40,11 @@ class EmbeddingError(EmbellamaError):
 
 class ModelCrashedError(EmbeddingError):
     """The process running the model died (native abort or signal) while serving this request."""
+
+
+class ModelTimeoutError(EmbeddingError, TimeoutError):
+    """A process-isolated model made no progress for ``request_timeout`` seconds; its process was killed and is
+    restarted for the next request."""
 
 
 class EngineClosedError(EmbellamaError, RuntimeError):
@@ -73,7 +79,7 @@ class InvalidInputError(EmbellamaError, ValueError):
         model = f" (model {model_name!r})" if model_name else ""
         super().__init__(f"{where}{model}: {reason}")
 
-    def at_index(self, index: int) -> InvalidInputError:
+    def at_index(self, index: int | None) -> InvalidInputError:
         """Return a copy of this error that names ``index`` as the offending position."""
         return InvalidInputError(
             self.reason, index=index, n_tokens=self.n_tokens, limit=self.limit, model_name=self.model_name

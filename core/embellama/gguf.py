@@ -6,13 +6,13 @@ Used to reject files that are not GGUF before llama.cpp sees them, to read metad
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import ModelLoadError, ModelNotFoundError
+from .identity import file_fingerprint
 
 __all__ = ["GGUFHeader", "MAX_SEQ_LENGTH_KEY", "check_model_file", "file_fingerprint", "read_header"]
 
@@ -78,19 +78,6 @@ def read_header(path: str | Path) -> GGUFHeader:
     except (struct.error, UnicodeDecodeError, EOFError) as exc:
         raise ModelLoadError(f"malformed GGUF header in {path}: {exc}") from None
     return GGUFHeader(version=version, n_tensors=n_tensors, metadata=metadata)
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """A short identity for a model file: size plus a hash of its first and last MiB (fast on large files)."""
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), 2)
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

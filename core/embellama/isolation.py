@@ -1,142 +1,240 @@
 """Process isolation: a worker's model runs in a child process, so a native crash cannot take the caller down.
 
 llama.cpp aborts (``GGML_ASSERT``) or faults on some inputs, builds and files; in-process, that kills the whole
-host with no Python error. With ``ModelConfig(isolation="process")`` each worker thread owns a child process
-(``multiprocessing`` *spawn* context: the parent has threads, so it never forks) that loads the model and serves
-rounds of jobs sent over a pipe. If the child dies, the jobs it held get a
-:class:`~embellama.errors.ModelCrashedError` naming the signal or exit code (or are retried on a fresh child,
-``crash_retries`` times each), and the next request starts a fresh child. The parent never blocks on a dead
-child: every wait watches the pipe *and* the process sentinel.
+host with no Python error. With ``ModelConfig(isolation="process")`` each worker thread owns a child process,
+started as ``python -m embellama._child`` (a fresh interpreter: the user's ``__main__`` is never re-imported, so
+no ``if __name__ == "__main__":`` guard is needed), talking pickled messages over a socket pair.
 
-Like any spawn-based multiprocessing, a script that loads a model with process isolation at import time must
-guard its entry point with ``if __name__ == "__main__":``.
+- A child that dies fails the jobs it held with :class:`~embellama.errors.ModelCrashedError` naming the signal or
+  exit code and the child's last stderr lines, or retries them on a fresh child (``crash_retries`` times each,
+  one job per child after a crash, so a "poison" input cannot keep failing the others). A child that dies while
+  loading is retried the same way.
+- A child that makes no progress (no finished decode) for ``request_timeout`` seconds is killed; its jobs fail
+  with :class:`~embellama.errors.ModelTimeoutError` and the next request starts a fresh child.
+- Every wait watches the socket with a deadline, so the parent never hangs on a dead or stopped child.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.util
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import IO, Any
 
 from .config import ModelConfig
-from .errors import EmbeddingError, ModelCrashedError, ModelLoadError
-from .worker import Job, JobResult, ModelInfo, Payload, serve_round
+from .errors import ModelCrashedError, ModelLoadError, ModelTimeoutError
+from .types import Job, ModelInfo
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "describe_exit"]
 
 logger = logging.getLogger(__name__)
 
-_STOP_TIMEOUT = 10.0
-"""Seconds a child gets to unload and exit after a stop request before it is terminated."""
+STOP_TIMEOUT = 10.0
+"""Seconds a child gets to unload and exit after a stop request before it is killed."""
+
+_STDERR_LINES = 20
 
 
-def _close_engines_before_multiprocessing_exit() -> None:  # pragma: no cover - runs at interpreter exit
-    from .engine import _close_open_engines
-
-    _close_open_engines()
-
-
-# multiprocessing's own exit hook SIGTERMs daemonic children; atexit runs hooks last-registered-first, so this
-# one (registered after importing multiprocessing.util) lets open engines finish their rounds and stop children
-atexit.register(_close_engines_before_multiprocessing_exit)
-
-
-class _ChildDied(Exception):
-    """The child process is gone (internal; becomes ``ModelCrashedError`` or ``ModelLoadError``)."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__(how)
-        self.how = how
-
-
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
+    """Say how a child ended, from its exit status (negative: killed by that signal)."""
     if code is None:
-        return "closed its pipe"
+        return "closed its connection"
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
         return f"was killed by {name}"
-    return f"exited with code {code}"
+    if code == 0:
+        return "exited (status 0) without answering"
+    return f"exited with status {code}"
+
+
+class _ChildDied(Exception):
+    """The child process is gone (internal; becomes ``ModelCrashedError`` or ``ModelLoadError``)."""
+
+
+class _ChildStuck(Exception):
+    """The child made no progress within the request timeout and was killed (internal)."""
+
+
+class _Child:
+    """One running child process: its socket, its stderr tail, and waits that never hang."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "embellama._child", str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            child_sock.close()
+        self.conn = Connection(parent_sock.detach())
+        self.stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+        self.verbose = config.verbose
+        assert self.process.stderr is not None
+        threading.Thread(
+            target=self._read_stderr, args=(self.process.stderr,), name=f"embellama-stderr-{self.pid}", daemon=True
+        ).start()
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.process.pid
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for raw in stream:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                self.stderr.append(line)
+                if self.verbose:
+                    print(line, file=sys.stderr, flush=True)
+                else:
+                    logger.debug("[child %s] %s", self.pid, line)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send ``message``; raise ``_ChildDied`` if the child is gone."""
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError, EOFError):
+            raise _ChildDied(self.how_it_ended()) from None
+
+    def receive(self, timeout: float | None) -> tuple[str, Any]:
+        """The next answer (heartbeats restart the clock); ``_ChildDied`` / ``_ChildStuck`` otherwise."""
+        while True:
+            ready = self.conn.poll(timeout)
+            if not ready:
+                self.kill()
+                raise _ChildStuck(f"made no progress for {timeout:g} s (pid {self.pid}) and was killed")
+            try:
+                message: tuple[str, Any] = self.conn.recv()
+            except (EOFError, OSError):
+                raise _ChildDied(self.how_it_ended()) from None
+            if message[0] != "beat":
+                return message
+
+    def how_it_ended(self) -> str:
+        """Describe the child's end, with the last lines it wrote to stderr."""
+        try:
+            code = self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the socket closed but the process lingers
+            self.kill()
+            code = self.process.wait()
+        time.sleep(0.05)  # let the stderr reader take the last lines
+        how = f"(pid {self.pid}) {describe_exit(code)}"
+        tail = [line for line in self.stderr if line.strip()][-5:]
+        return how + (": " + " | ".join(tail) if tail else "")
+
+    def kill(self) -> None:
+        """Kill the child (works on a stopped one too); idempotent."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+
+    def stop(self) -> None:
+        """Ask the child to unload and exit; kill it if it does not within :data:`STOP_TIMEOUT`."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop",))
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.process.wait()
+        self.conn.close()
 
 
 class ProcessBackend:
-    """A worker backend whose model lives in a child process (same interface as ``worker.ThreadBackend``).
+    """A worker backend whose model lives in a child process (the :class:`~embellama.scheduler.Backend` contract).
 
     Attributes:
-        crashes: How many times a child died while loading or serving.
+        crashes: How many times a child died (or was killed as stuck) while loading or serving.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.crashes = 0
-        self._ctx = multiprocessing.get_context("spawn")
-        self._process: BaseProcess | None = None
-        self._conn: Connection | None = None
+        self._child: _Child | None = None
+        self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
-        """Process id of the live child serving the model, or None (for diagnostics and tests)."""
-        proc = self._process
-        return proc.pid if proc is not None and proc.is_alive() else None
+        """Process id of the live child serving the model, or None."""
+        child = self._child
+        return child.pid if child is not None and child.process.poll() is None else None
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> ModelInfo:
-        """Start a child and load the model there.
+        """Start a child and load the model there (a child dying while loading is retried ``crash_retries`` times).
 
         Raises:
             ModelNotFoundError, ModelLoadError, ConfigurationError: as ``EmbeddingModel.load`` (re-raised from the
-                child), or ``ModelLoadError`` if the child died while loading (a native crash on load).
+                child), or ``ModelLoadError`` if every child died while loading.
         """
-        return self._start()
+        for attempt in range(self.config.crash_retries + 1):
+            try:
+                return self._start()
+            except (_ChildDied, _ChildStuck) as died:
+                if attempt == self.config.crash_retries:
+                    raise ModelLoadError(
+                        f"the worker process of model {self.config.name!r} {died} while loading "
+                        f"{self.config.model_path}"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        """Ask the child to unload and exit; terminate it if it does not (idempotent, never hangs)."""
-        proc, conn = self._process, self._conn
-        self._process = self._conn = None
-        if conn is not None:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(("stop",))
-        if proc is not None:
-            proc.join(_STOP_TIMEOUT)
-            if proc.is_alive():  # pragma: no cover - only when a child ignores the stop request
-                proc.terminate()
-                proc.join(_STOP_TIMEOUT)
-            if proc.is_alive():  # pragma: no cover
-                proc.kill()
-                proc.join(_STOP_TIMEOUT)
-            with contextlib.suppress(ValueError):
-                proc.close()
-        if conn is not None:
-            conn.close()
+        """Ask the child to unload and exit; kill it if it does not (idempotent, never hangs)."""
+        with self._lock:
+            child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+
+    def kill(self) -> None:
+        """Kill the child now (from any thread): a wait on it then ends at once."""
+        child = self._child
+        if child is not None:
+            child.kill()
 
     # ------------------------------------------------------------------ serving
-    def serve(self, jobs: list[Job]) -> None:
+    def serve(self, jobs: list[Job], *, lone: bool = False) -> None:
         """Serve ``jobs`` in the child; a crash fails them with ``ModelCrashedError`` or retries them.
 
         The first attempt sends every job in one round. After a crash, jobs with retries left are re-sent one per
-        round on a fresh child, so a job that crashes the model (a "poison" input) cannot keep failing the others.
+        round on a fresh child, so a job that crashes the model cannot keep failing the others.
         """
         pending, together = list(jobs), True
         while pending:
             retry: list[Job] = []
             for group in [pending] if together else [[j] for j in pending]:
                 try:
-                    if self._process is None:
-                        self._start()
-                    outcomes = self._request(("serve", [j.payload() for j in group]))
+                    outcomes = self._round(group)
+                except _ChildStuck as stuck:
+                    error: Exception = ModelTimeoutError(
+                        f"the worker process of model {self.config.name!r} {stuck}; it is restarted for the next "
+                        "request (raise request_timeout for slower models)"
+                    )
+                    for job in group:
+                        job.future.set_exception(error)
+                    continue
                 except _ChildDied as died:
                     error = ModelCrashedError(
-                        f"the worker process of model {self.config.name!r} {died.how} while serving this request"
+                        f"the worker process of model {self.config.name!r} {died} while serving this request"
                     )
                     for job in group:
                         if job.attempts < self.config.crash_retries:
@@ -146,138 +244,68 @@ class ProcessBackend:
                             job.future.set_exception(error)
                     continue
                 for job, outcome in zip(group, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        job.future.set_exception(outcome)
-                    else:
-                        job.future.set_result(outcome)
+                    job.resolve(outcome)
             if retry:
                 logger.warning("retrying %d request(s) of model %r on a fresh worker", len(retry), self.config.name)
             pending, together = retry, False
 
     # ------------------------------------------------------------------ internals
-    def _start(self) -> ModelInfo:
-        self.close()
-        parent_conn, child_conn = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=_child_main, args=(child_conn, self.config), name=f"embellama-{self.config.name}", daemon=True
-        )
-        proc.start()
-        child_conn.close()
-        self._process, self._conn = proc, parent_conn
+    def _round(self, group: list[Job]) -> list[Any]:
+        child = self._child or self._start_for_request()
         try:
-            status, value = self._receive()
-        except _ChildDied as died:
-            self.close()
-            raise ModelLoadError(
-                f"the worker process {died.how} while loading {self.config.model_path} (a native crash)"
-            ) from None
-        if status != "ok":
-            self.close()
-            raise value
-        assert isinstance(value, ModelInfo)
-        logger.info("model %r serves from process %s", self.config.name, proc.pid)
-        return value
-
-    def _request(self, message: tuple[Any, ...]) -> list[JobResult | BaseException]:
-        assert self._conn is not None
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError):
-            self._died()
-        status, value = self._receive()
+            child.send(("serve", [j.payload() for j in group]))
+            status, value = child.receive(self.config.request_timeout)
+        except (_ChildDied, _ChildStuck):
+            self._lost(child)
+            raise
         if status != "ok":  # pragma: no cover - the child wraps every failure of a round into its outcomes
             raise value
         return list(value)
 
-    def _receive(self) -> tuple[str, Any]:
-        conn, proc = self._conn, self._process
-        assert conn is not None and proc is not None
-        ready = multiprocessing.connection.wait([conn, proc.sentinel])
-        if conn in ready:
-            try:
-                message: tuple[str, Any] = conn.recv()
-                return message
-            except (EOFError, OSError):
-                pass
-        self._died()
+    def _start_for_request(self) -> _Child:
+        """A fresh child for a request after a crash (dying while loading counts as a crash of the request)."""
+        self._start()
+        assert self._child is not None
+        return self._child
 
-    def _died(self) -> NoReturn:
-        proc = self._process
-        assert proc is not None
-        proc.join(_STOP_TIMEOUT)
-        how = _describe_exit(proc.exitcode)
-        how = f"(pid {proc.pid}) {how}"
-        self.crashes += 1
-        logger.error("the worker process of model %r %s", self.config.name, how)
+    def _start(self) -> ModelInfo:
         self.close()
-        raise _ChildDied(how)
+        try:
+            child = _Child(self.config)
+        except OSError as exc:
+            raise ModelLoadError(_spawn_failure(self.config, exc)) from None
+        try:
+            child.send(("load", self.config))
+            status, value = child.receive(self.config.request_timeout)
+        except (_ChildDied, _ChildStuck):
+            self._lost(child)
+            raise
+        if status != "ok":
+            child.stop()
+            raise value
+        assert isinstance(value, ModelInfo)
+        with self._lock:
+            self._child = child
+        logger.info("model %r serves from process %s", self.config.name, child.pid)
+        return value
+
+    def _lost(self, child: _Child) -> None:
+        self.crashes += 1
+        logger.error("the worker process of model %r (pid %s) is gone", self.config.name, child.pid)
+        with self._lock:
+            if self._child is child:
+                self._child = None
+        child.kill()
+        with contextlib.suppress(OSError):
+            child.conn.close()
 
 
-# ---------------------------------------------------------------------- child side
-class _NativeAbortProbe:
-    """TEST HOOK, private: a job holding this makes the child trip a real ``GGML_ASSERT`` (process abort).
+def _spawn_failure(config: ModelConfig, exc: OSError) -> str:
+    import errno
 
-    The child decodes one sequence longer than ``n_ubatch``, which llama.cpp's encoder asserts against; the
-    validation that normally prevents it is bypassed on purpose. Used by the isolation tests to produce a genuine
-    native crash, not a Python stand-in.
-    """
-
-
-def _provoke_ggml_assert(model: Any) -> None:  # pragma: no cover - the process aborts inside
-    import llama_cpp
-    import numpy as np
-
-    from . import _native
-
-    n = model._budget + 1
-    token = model.tokenize("a")[0]
-    batch = _native.DecodeBatch(n, 1)
-    batch.fill([np.full(n, token, dtype=np.int32)])
-    llama_cpp.llama_decode(model._ctx, batch.batch)
-    raise EmbeddingError("llama.cpp did not abort on an over-long batch")
-
-
-def _child_main(conn: Connection, config: ModelConfig) -> None:
-    """Entry point of the child: load the model, then serve rounds until told to stop or the parent goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # an abort must not stall attaching a debugger
-    from .model import EmbeddingModel
-
-    model = EmbeddingModel(config)
-    try:
-        info = ModelInfo.of(model.load())
-    except BaseException as exc:  # re-raised in the parent
-        _send(conn, ("error", exc))
-        return
-    try:
-        _send(conn, ("ok", info))
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break  # the parent is gone
-            if message[0] != "serve":
-                break
-            payloads: list[Payload] = message[1]
-            if any(isinstance(t, _NativeAbortProbe) for texts, _, _ in payloads for t in texts):
-                _provoke_ggml_assert(model)
-            _send(conn, ("ok", serve_round(model, payloads)))
-    finally:
-        model.unload()
-        conn.close()
-
-
-def _send(conn: Connection, message: tuple[str, Any]) -> None:
-    """Send ``message``; an outcome that cannot be pickled is replaced by an ``EmbeddingError`` describing it."""
-    try:
-        conn.send(message)
-    except (OSError, EOFError):  # pragma: no cover - the parent is gone
-        return
-    except Exception:  # pickling failed: send a description instead
-        status, value = message
-        if isinstance(value, list):
-            value = [v if not isinstance(v, BaseException) else EmbeddingError(repr(v)) for v in value]
-        else:
-            value = EmbeddingError(repr(value))
-        with contextlib.suppress(Exception):
-            conn.send((status, value))
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            f"cannot start a worker process for model {config.name!r}: too many open files ({exc.strerror}); "
+            "raise the limit (ulimit -n) or close unused engines"
+        )
+    return f"cannot start a worker process for model {config.name!r}: {exc}"

@@ -1,0 +1,122 @@
+"""The model contract and the round executor that drives it.
+
+A *round* is what one worker serves at once: the jobs it took from its queue. :func:`run_round` packs the texts of
+all of them into shared decodes through the :class:`EncoderModel` contract (after infinity's
+``encode_pre`` / ``encode_core`` / ``encode_post``):
+
+- ``prepare(text)`` validates and tokenizes one text (raises :class:`~embellama.errors.InvalidInputError`),
+- ``plan(lengths)`` groups prepared texts into decodes,
+- ``forward(sequences)`` runs one decode and returns one raw row per sequence,
+- ``postprocess(rows)`` turns raw rows into the vectors the caller gets.
+
+The executor knows nothing about llama.cpp; the scheduler's unit tests drive it with a fake model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import EngineClosedError, InvalidInputError
+from .types import JobResult, Payload
+
+__all__ = ["EncoderModel", "Outcome", "run_round"]
+
+Outcome = JobResult | BaseException
+"""What one job of a round ends with."""
+
+
+class EncoderModel(Protocol):
+    """What the scheduler needs of a model. Implemented by :class:`embellama.model.EmbeddingModel`."""
+
+    @property
+    def output_width(self) -> int:
+        """Columns of a row returned by :meth:`postprocess`."""
+
+    def prepare(self, text: str) -> npt.NDArray[np.int32]:
+        """Validate and tokenize one text; raise ``InvalidInputError`` (without an index) if it is unusable."""
+
+    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Group prepared texts (by their token counts) into decodes; every index exactly once."""
+
+    def forward(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
+        """Run one decode: one raw row per sequence, in order."""
+
+    def postprocess(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Turn raw rows into output vectors (truncate dimensions, normalize)."""
+
+
+def run_round(
+    model: EncoderModel,
+    payloads: Sequence[Payload],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_decode: Callable[[], Any] | None = None,
+) -> list[Outcome]:
+    """Embed the texts of several jobs in shared decodes; return one outcome per job, in order.
+
+    A job with an invalid text fails with that text's ``InvalidInputError`` (naming the caller's index) unless it
+    collects errors: then its valid texts are embedded and the errors returned beside them. A decode that fails
+    fails only the jobs that had texts in it; the others go on.
+
+    Args:
+        model: The model (see :class:`EncoderModel`).
+        payloads: ``(texts, collect_errors, indices)`` per job.
+        should_stop: Checked before each decode; True fails the jobs not yet finished with
+            ``EngineClosedError`` (so closing waits for one decode, not a whole round).
+        on_decode: Called after each decode (a process backend reports progress with it).
+    """
+    outcomes: list[Outcome] = []
+    sequences: list[npt.NDArray[np.int32]] = []
+    owners: list[tuple[int, int]] = []  # per prepared sequence: (job, position in job)
+    for job_index, (texts, collect, indices) in enumerate(payloads):
+        errors: dict[int, InvalidInputError] = {}
+        prepared: list[tuple[int, npt.NDArray[np.int32]]] = []
+        for position, text in enumerate(texts):
+            try:
+                prepared.append((position, model.prepare(text)))
+            except InvalidInputError as exc:
+                errors[position] = exc.at_index(indices[position])
+                if not collect:
+                    break
+        if errors and not collect:
+            outcomes.append(next(iter(errors.values())))
+            continue
+        outcomes.append(JobResult(np.full((len(texts), model.output_width), np.nan, dtype=np.float32), errors))
+        for position, tokens in prepared:
+            sequences.append(tokens)
+            owners.append((job_index, position))
+    if not sequences:
+        return outcomes
+    raw: npt.NDArray[np.float32] | None = None
+    for group in model.plan([len(s) for s in sequences]):
+        live = [i for i in group if isinstance(outcomes[owners[i][0]], JobResult)]
+        if not live:
+            continue
+        if should_stop is not None and should_stop():
+            stopped = EngineClosedError("the model was closed while serving this request")
+            return [stopped if isinstance(o, JobResult) else o for o in outcomes]
+        try:
+            rows = model.forward([sequences[i] for i in live])
+        except Exception as exc:
+            for i in live:
+                outcomes[owners[i][0]] = exc
+            continue
+        if raw is None:
+            raw = np.empty((len(sequences), rows.shape[1]), dtype=np.float32)
+        raw[live] = rows
+        if on_decode is not None:
+            on_decode()
+    if raw is None:
+        return outcomes
+    done = [i for i, (job, _) in enumerate(owners) if isinstance(outcomes[job], JobResult)]
+    vectors = model.postprocess(raw[done]) if done else raw[:0]
+    for row, i in zip(vectors, done, strict=True):
+        job, position = owners[i]
+        result = outcomes[job]
+        assert isinstance(result, JobResult)
+        result.vectors[position] = row
+    return outcomes

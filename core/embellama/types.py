@@ -1,0 +1,94 @@
+"""Request and result types shared by the engine, the scheduler and the backends (no logic beyond their own).
+
+A request is cut into :class:`Job` s; each job carries plain ``str`` texts with the caller's absolute index of
+every text, so an error raised anywhere below the engine already names the position the caller knows.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInputError
+
+__all__ = ["BatchResult", "Job", "JobResult", "ModelInfo", "Payload"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, as the engine reports it."""
+
+    name: str
+    path: str
+    architecture: str
+    dimensions: int
+    native_dimensions: int
+    max_tokens: int
+    pooling: str
+    model_pooling: str | None
+    normalize: bool
+    size_bytes: int
+    fingerprint: str
+    """Content hash of the whole GGUF file (see :func:`embellama.identity.file_fingerprint`)."""
+    n_workers: int
+    n_threads: int
+    isolation: str
+
+
+@dataclass
+class JobResult:
+    """Vectors for the valid texts of a job (NaN rows where a text was invalid) and the per-position errors."""
+
+    vectors: npt.NDArray[np.float32]
+    errors: dict[int, InvalidInputError] = field(default_factory=dict)
+    """Errors by position in the job (each error's ``index`` is the caller's absolute index)."""
+
+
+Payload = tuple[list[str], bool, "list[int | None]"]
+"""What a backend needs of a job: texts, whether to collect errors, the caller's index of each text (picklable)."""
+
+
+@dataclass
+class Job:
+    """Texts to embed and the future that receives a :class:`JobResult`."""
+
+    texts: list[str]
+    collect_errors: bool = False
+    indices: list[int | None] | None = None
+    """The caller's index of each text (None: a lone text, errors name no index); defaults to the position."""
+    future: Future[JobResult] = field(default_factory=Future)
+    attempts: int = 0
+    """How many times a process backend retried this job after its child died."""
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            self.indices = list(range(len(self.texts)))
+
+    def resolve(self, outcome: JobResult | BaseException) -> None:
+        """Give the caller ``outcome``: a result, or an exception to raise."""
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
+
+    def payload(self) -> Payload:
+        """What a round needs of this job (plain, picklable values)."""
+        assert self.indices is not None
+        return self.texts, self.collect_errors, self.indices
+
+
+@dataclass
+class BatchResult:
+    """Result of ``embed_batch(..., on_error="collect")``: a vector per valid text, ``None`` per invalid one."""
+
+    embeddings: list[Any]
+    errors: dict[int, InvalidInputError] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every text was embedded."""
+        return not self.errors
