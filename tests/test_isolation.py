@@ -172,7 +172,7 @@ def test_signal_mid_batch(iso: EmbeddingEngine, reference: np.ndarray, sig: sign
 async def test_async_request_sees_the_crash(iso: EmbeddingEngine) -> None:
     import asyncio
 
-    task = asyncio.ensure_future(iso.aembed_batch(NAME, [_NativeAbortProbe()]))  # type: ignore[list-item]
+    task = asyncio.ensure_future(iso.aembed_batch(NAME, [ABORT]))
     with pytest.raises(ModelCrashedError):
         await asyncio.wait_for(task, 120)
     assert len(await iso.aembed(NAME, "async after crash")) == 384

@@ -123,7 +123,8 @@ async def test_async_awaits_the_model_thread(engine: EmbeddingEngine, monkeypatc
 
     monkeypatch.setattr(loop, "run_in_executor", refuse)
     docs, query = await asyncio.gather(embeddings.aembed_documents(DOCS), embeddings.aembed_query("llama"))
-    assert np.allclose(docs, sync_docs, atol=1e-5) and np.allclose(query, sync_query, atol=1e-5)
+    # concurrent requests share decodes, so packing (and the last float digits) may differ from the sync run
+    assert np.allclose(docs, sync_docs, atol=3e-4) and np.allclose(query, sync_query, atol=3e-4)
 
 
 def test_in_memory_vector_store(model_path: Path) -> None:

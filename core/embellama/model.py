@@ -25,7 +25,7 @@ import numpy.typing as npt
 from . import _llama_log, _native
 from .batching import plan_decodes
 from .config import ModelConfig, Pooling
-from .errors import ConfigurationError, EmbeddingError, InvalidInputError, ModelLoadError
+from .errors import ConfigurationError, EmbeddingError, EmbellamaError, InvalidInputError, ModelLoadError
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, read_header
 from .identity import file_fingerprint, file_identity
 from .pooling import pool_tokens, postprocess
@@ -91,6 +91,8 @@ class EmbeddingModel:
         try:
             self._load()
         except OSError as exc:
+            if isinstance(exc, EmbellamaError):  # ModelNotFoundError is a FileNotFoundError too
+                raise
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 raise ModelLoadError(
                     f"cannot load {self.config.model_path}: too many open files ({exc.strerror}); raise the limit "
