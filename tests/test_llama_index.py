@@ -147,7 +147,7 @@ async def test_async_twins_are_truly_async(
     )
     assert np.allclose(batch, sync, atol=1e-5)
     assert np.allclose(q, sync_q, atol=1e-5) and np.allclose(t, sync_t, atol=1e-5)
-    assert sorted(counted_batches) == [1, 1, 3, 3]  # batches of 3, 3, 1 and the lone text; the query goes through aembed
+    assert sorted(counted_batches) == [1, 1, 3, 3]  # batches 3, 3, 1 and the lone text; the query: aembed
 
 
 def test_shares_one_model_with_the_langchain_adapter(model_path: Path) -> None:
