@@ -247,7 +247,7 @@ async def test_huge_async_batch_keeps_the_event_loop_responsive(model_path: Path
     texts = [f"t{i}" for i in range(20_000)]
     engine = EmbeddingEngine(cache_size=25_000)
     try:
-        engine.load_model(model_path=model_path, model_name="m", n_workers=2, max_texts_per_decode=64)
+        engine.load_model(model_path=model_path, model_name="m", n_workers=2)
         uncached, lag_uncached, ticks_uncached = await _lag_during(engine.aembed_batch("m", texts))
         misses = engine.cache_stats().misses
         cached, lag_cached, ticks_cached = await _lag_during(engine.aembed_batch("m", texts))
