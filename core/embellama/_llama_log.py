@@ -20,8 +20,9 @@ __all__ = ["clear_native_errors", "install_log_handler", "recent_native_errors",
 logger = logging.getLogger("embellama.llama_cpp")
 
 # ggml.h: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous message). llama-cpp-python's
-# own table still uses an older order, which shows warnings as errors.
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+# own table still uses an older order, which shows warnings as errors. llama.cpp's INFO is load chatter (hundreds
+# of lines per load): it goes to DEBUG, and embellama logs one INFO line per loaded model itself.
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _recent: deque[str] = deque(maxlen=20)
 _state = {"echo": 0, "last_level": logging.DEBUG}
 _lock = threading.Lock()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,21 @@ __all__ = [
     "system_info",
 ]
 
-SUPPORTED_VERSIONS = ">=0.3.24,<0.4"
+SUPPORTED_VERSIONS = ">=0.3.36,<0.4"
 """llama-cpp-python versions this layer is tested on (the low-level API changes between minor versions)."""
+
+
+def _version_supported(version: str) -> bool:
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    return (0, 3, 36) <= parts < (0, 4)
+
+
+if not _version_supported(getattr(llama_cpp, "__version__", "0")):  # pragma: no cover - depends on the install
+    warnings.warn(
+        f"embellama is tested with llama-cpp-python {SUPPORTED_VERSIONS}, found {llama_cpp.__version__}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 _MODEL_PARAM_FIELDS = {name for name, *_ in llama_cpp.llama_model_params._fields_}
 

@@ -115,6 +115,19 @@ class EmbeddingEngine:
             raise
         with self._lock:
             if self._models.get(config.name) is model and not self._closed:
+                logger.info(
+                    "loaded model %r from %s (%.1f MB, %s, %d dims, limit %d tokens, pooling %s, %d x %d threads, %s)",
+                    info.name,
+                    info.path,
+                    info.size_bytes / 1e6,
+                    info.architecture,
+                    info.dimensions,
+                    info.max_tokens,
+                    info.pooling,
+                    info.n_workers,
+                    info.n_threads,
+                    info.isolation,
+                )
                 return info
         model.pool.stop()
         if self._closed:

@@ -157,7 +157,7 @@ class EmbeddingModel:
         self._batch = _native.DecodeBatch(budget, n_seq)
         self._n_embd, self._limit, self._budget = weights.n_embd, limit, budget
         self._size, self._fingerprint = identity.size, fingerprint
-        logger.info(
+        logger.debug(
             "loaded %s (%s, %d dims, limit %d tokens, pooling %s, %d threads)",
             path.name,
             header.architecture,
