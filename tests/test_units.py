@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import struct
 from pathlib import Path
 
@@ -133,11 +134,11 @@ def test_job_queue_wakes_the_newest_waiter() -> None:
 
     first = threading.Thread(target=take, args=("first",))
     first.start()
-    while len(q.not_empty._waiters) < 1:  # type: ignore[attr-defined]
+    while q.waiting() < 1:
         time.sleep(0.001)
     second = threading.Thread(target=take, args=("second",))
     second.start()
-    while len(q.not_empty._waiters) < 2:  # type: ignore[attr-defined]
+    while q.waiting() < 2:
         time.sleep(0.001)
     q.put("job 1")
     second.join(timeout=30)
@@ -145,3 +146,11 @@ def test_job_queue_wakes_the_newest_waiter() -> None:
     q.put("job 2")
     first.join(timeout=30)
     assert got == {"second": "job 1", "first": "job 2"}  # jobs stay FIFO, nobody is left waiting
+    q.put("a")
+    q.put("b")
+    assert q.get(timeout=1) == "a" and q.get_nowait() == "b" and q.empty()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.05)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    assert q.waiting() == 0

@@ -8,6 +8,7 @@ siblings), so concurrent requests share decodes. Cancelled futures are skipped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -52,33 +53,59 @@ BackendFactory = Callable[[threading.Event], Backend]
 """Makes a worker's backend; the event is set when the pool stops (an in-process round then ends early)."""
 
 
-class _NewestWaiterFirst(threading.Condition):
-    """A condition whose ``notify`` wakes the thread that started waiting last (CPython wakes the first).
+class JobQueue:
+    """The queue a model's workers share: FIFO for jobs, newest-waiter-first for workers.
 
-    Handing the next job to the worker that just finished keeps one warm llama.cpp thread team serving a stream
-    of lone queries, instead of alternating with a sibling whose threads may still be spinning down. CPython's
-    ``Condition`` keeps its waiters in ``_waiters`` (a deque of locks) since 3.x; if that ever changes this
-    falls back to the standard policy.
+    Handing the next job to the worker that started waiting last (the one that just finished) keeps one warm
+    llama.cpp thread team serving a stream of lone queries, instead of alternating with a sibling whose threads
+    may still be spinning down. Each waiting worker has its own event, so no private ``threading`` state is used.
     """
 
-    def notify(self, n: int = 1) -> None:
-        waiters = getattr(self, "_waiters", None)
-        if waiters is None:  # pragma: no cover - a Python without the private deque
-            super().notify(n)
-            return
-        while waiters and n > 0:
-            waiter = waiters.pop()
-            with contextlib.suppress(RuntimeError):
-                waiter.release()
-                n -= 1
-
-
-class JobQueue(queue.Queue[Any]):
-    """The queue a model's workers share: FIFO for jobs, newest-waiter-first for workers."""
-
     def __init__(self) -> None:
-        super().__init__()
-        self.not_empty = _NewestWaiterFirst(self.mutex)
+        self._lock = threading.Lock()
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiters: list[threading.Event] = []
+
+    def put(self, item: Any) -> None:
+        """Append ``item`` and wake the newest waiting worker, if any."""
+        with self._lock:
+            self._items.append(item)
+            if self._waiters:
+                self._waiters.pop().set()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Take the oldest item, waiting up to ``timeout`` seconds (None: forever); ``queue.Empty`` on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                waiter = threading.Event()
+                self._waiters.append(waiter)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0 or not waiter.wait(remaining):
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                        if not self._items:
+                            raise queue.Empty
+                    # woken (or an item arrived) just as the wait ended: take it on the next pass
+
+    def get_nowait(self) -> Any:
+        """Take the oldest item or raise ``queue.Empty``."""
+        with self._lock:
+            if self._items:
+                return self._items.popleft()
+        raise queue.Empty
+
+    def empty(self) -> bool:
+        """Whether no item is queued."""
+        return not self._items
+
+    def waiting(self) -> int:
+        """How many workers are waiting for an item."""
+        with self._lock:
+            return len(self._waiters)
 
 
 _STOP = object()
