@@ -171,6 +171,8 @@ class ProcessBackend:
         self.config = config
         self.crashes = 0
         self._child: _Child | None = None
+        self._closing: _Child | None = None
+        """A child being stopped: still reachable by :meth:`kill` (a stuck one would not answer the stop)."""
         self._lock = threading.Lock()
 
     @property
@@ -202,14 +204,18 @@ class ProcessBackend:
         """Ask the child to unload and exit; kill it if it does not (idempotent, never hangs)."""
         with self._lock:
             child, self._child = self._child, None
+            self._closing = child
         if child is not None:
-            child.stop()
+            try:
+                child.stop()
+            finally:
+                self._closing = None
 
     def kill(self) -> None:
         """Kill the child now (from any thread): a wait on it then ends at once."""
-        child = self._child
-        if child is not None:
-            child.kill()
+        for child in (self._child, self._closing):
+            if child is not None:
+                child.kill()
 
     # ------------------------------------------------------------------ serving
     def serve(self, jobs: list[Job], *, lone: bool = False) -> None:
