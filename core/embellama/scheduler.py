@@ -83,7 +83,7 @@ class JobQueue:
                 waiter = threading.Event()
                 self._waiters.append(waiter)
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0 or not waiter.wait(remaining):
+            if (remaining is not None and remaining <= 0) or not waiter.wait(remaining):
                 with self._lock:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
