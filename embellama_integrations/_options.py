@@ -9,22 +9,37 @@ values into :class:`embellama.client.EmbeddingClient` keyword arguments (only th
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from embellama.client import EmbeddingClient
 from embellama.config import MODEL_OPTIONS, ModelConfig, option_docs
 
-__all__ = ["MODEL_OPTION_NAMES", "ModelOptionFields", "model_option_values"]
+__all__ = [
+    "MODEL_OPTION_NAMES",
+    "ClientOptionFields",
+    "ModelOptionFields",
+    "model_option_values",
+    "resolved_identity",
+]
 
 MODEL_OPTION_NAMES: tuple[str, ...] = tuple(MODEL_OPTIONS)
+
+
+ADAPTER_DEFAULTS: dict[str, Any] = {"truncate": True}
+"""Where the adapters' defaults differ from ``ModelConfig``'s: framework splitters count tokens with another
+tokenizer and add metadata, so over-long chunks are normal there. They are cut as sentence-transformers and
+Hugging Face adapters do — never silently: each call that cuts texts logs one warning with the count (set
+``truncate=False`` for strict mode, which checks every text before embedding any)."""
 
 
 def _fields() -> dict[str, Any]:
     hints = typing.get_type_hints(ModelConfig)
     docs = option_docs()
     fields: dict[str, Any] = {}
-    for name, default in MODEL_OPTIONS.items():
+    for name, core_default in MODEL_OPTIONS.items():
+        default = ADAPTER_DEFAULTS.get(name, core_default)
         annotation = hints[name]
         if default is None:
             annotation = annotation | None
@@ -33,12 +48,41 @@ def _fields() -> dict[str, Any]:
 
 
 if TYPE_CHECKING:
-    ModelOptionFields = BaseModel
+
+    class ModelOptionFields(BaseModel):
+        """Every embellama model option (fields made from ``embellama.ModelConfig`` at import)."""
+
 else:
     ModelOptionFields = create_model("ModelOptionFields", __base__=BaseModel, **_fields())
     ModelOptionFields.__doc__ = "Every embellama model option (see ``embellama.ModelConfig``)."
 
 
-def model_option_values(obj: Any) -> dict[str, Any]:
-    """The model options of an adapter instance, for :class:`embellama.client.EmbeddingClient`."""
-    return {name: getattr(obj, name) for name in MODEL_OPTION_NAMES}
+class ClientOptionFields(BaseModel):
+    """Options of :class:`embellama.client.EmbeddingClient` that both adapters expose under the same name."""
+
+    show_progress: bool = Field(default=False, description="Show a tqdm progress bar per call (extra 'progress').")
+    on_error: Literal["raise", "collect"] = Field(
+        default="raise",
+        description="'raise': a bad text fails the call, naming its index. 'collect': valid texts get vectors and "
+        "each bad one None (errors in client.last_errors, and logged).",
+    )
+
+
+def model_option_values(obj: Any, *, by_name: bool) -> dict[str, Any]:
+    """An adapter's options for :class:`embellama.client.EmbeddingClient`: the model options the user set, plus
+    the adapters' own defaults (:data:`ADAPTER_DEFAULTS`) unless the model is one registered by name in the
+    caller's engine (its options are then the engine's), and the client options."""
+    values = {
+        name: getattr(obj, name)
+        for name in MODEL_OPTION_NAMES
+        if name in obj.model_fields_set or (name in ADAPTER_DEFAULTS and not by_name)
+    }
+    return values | {"show_progress": obj.show_progress, "on_error": obj.on_error}
+
+
+def resolved_identity(client: EmbeddingClient) -> dict[str, Any]:
+    """The model file and name a client resolved (defaults, ``$EMBELLAMA_MODEL_PATH``, a path given as
+    ``model_name``), so an adapter's fields and repr show the model actually used."""
+    if client.config is None:  # a model registered in the caller's engine, by name
+        return {"model_name": client.model_name}
+    return {"model_path": str(client.config.model_path), "model_name": client.model_name}

@@ -16,12 +16,12 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from embellama.client import DEFAULT_BATCH_SIZE, ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
 
-from ._options import ModelOptionFields, model_option_values
+from ._options import ClientOptionFields, ModelOptionFields, model_option_values, resolved_identity
 
 __all__ = ["EmbellamaEmbeddings"]
 
 
-class EmbellamaEmbeddings(ModelOptionFields, Embeddings, ClientBacked):
+class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LangChain.
 
     Every instance with the same model file and model options shares one loaded model (with LlamaIndex
@@ -64,9 +64,6 @@ class EmbellamaEmbeddings(ModelOptionFields, Embeddings, ClientBacked):
     batch_size: int = DEFAULT_BATCH_SIZE
     """Kept for compatibility: embellama's engine plans and splits every request itself."""
 
-    show_progress: bool = False
-    """Show a tqdm progress bar while embedding documents (needs the ``progress`` extra)."""
-
     preload: bool = False
     """Load the model when the object is created instead of on first use."""
 
@@ -75,10 +72,10 @@ class EmbellamaEmbeddings(ModelOptionFields, Embeddings, ClientBacked):
     def __init__(self, **data: Any) -> None:
         """Validate the fields; invalid options raise ``embellama.ConfigurationError`` (from the core)."""
         super().__init__(**data)
+        for name, value in resolved_identity(self.client).items():  # show the model in use, not None
+            setattr(self, name, value)
         if self.preload:
             self.client.preload()
-        else:
-            _ = self.client
 
     @property
     def client(self) -> EmbeddingClient:
@@ -91,8 +88,7 @@ class EmbellamaEmbeddings(ModelOptionFields, Embeddings, ClientBacked):
                 batch_size=self.batch_size,
                 query_instruction=self.query_instruction,
                 document_instruction=self.document_instruction,
-                show_progress=self.show_progress,
-                **model_option_values(self),
+                **model_option_values(self, by_name=self.engine is not None and self.model_path is None),
             )
         )
 

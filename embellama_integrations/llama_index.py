@@ -22,12 +22,19 @@ from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_pa
 from embellama.engine import EmbeddingEngine
 from embellama.errors import InvalidInputError
 
-from ._options import MODEL_OPTION_NAMES, ModelOptionFields, model_option_values
+from ._options import (
+    ADAPTER_DEFAULTS,
+    MODEL_OPTION_NAMES,
+    ClientOptionFields,
+    ModelOptionFields,
+    model_option_values,
+    resolved_identity,
+)
 
 __all__ = ["EmbellamaEmbedding"]
 
 
-class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
+class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, ClientBacked):
     """Local embeddings from a GGUF model through llama.cpp, for LlamaIndex.
 
     Every instance with the same model file and model options shares one loaded model (with LangChain
@@ -39,7 +46,7 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
             (defaults to the file name without ``.gguf``).
         engine: An existing ``embellama.EmbeddingEngine`` to share (not serialized). Defaults to the
             process-wide shared engine.
-        query_instruction, text_instruction, show_progress: See the fields.
+        query_instruction, text_instruction: See the fields.
         embed_batch_size: Texts per batch (LlamaIndex's batching and embellama's requests).
         preload: Load the model now instead of on first use.
         **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``,
@@ -64,7 +71,6 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
     model_path: str | None = Field(default=None, description="Path to the GGUF file.")
     query_instruction: str = Field(default="", description="Prefix added to every query, e.g. 'query: '.")
     text_instruction: str = Field(default="", description="Prefix added to every text (document), e.g. 'passage: '.")
-    show_progress: bool = Field(default=False, description="Show embellama's tqdm bar while embedding texts.")
 
     _engine: EmbeddingEngine | None = PrivateAttr(default=None)
     _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
@@ -77,7 +83,6 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
         engine: EmbeddingEngine | None = None,
         query_instruction: str = "",
         text_instruction: str = "",
-        show_progress: bool = False,
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         preload: bool = False,
         **kwargs: Any,
@@ -90,12 +95,13 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
             embed_batch_size=embed_batch_size,
             query_instruction=query_instruction,
             text_instruction=text_instruction,
-            show_progress=show_progress,
         )
-        options = {k: kwargs.pop(k) for k in MODEL_OPTION_NAMES if k in kwargs}
+        options = {k: kwargs.pop(k) for k in (*MODEL_OPTION_NAMES, "show_progress", "on_error") if k in kwargs}
+        by_name = engine is not None and model_path is None
+        defaults = {} if by_name else {k: v for k, v in ADAPTER_DEFAULTS.items() if k not in options}
         # validated by the core first, so invalid options raise embellama's ConfigurationError
-        probe = EmbeddingClient(**_client_options(fields | options, engine))
-        fields["model_name"] = model_name or probe.model_name
+        probe = EmbeddingClient(**_client_options(fields | defaults | options, engine))
+        fields |= resolved_identity(probe)  # show the model in use, not None
         super().__init__(**fields, **options, **kwargs)
         self._engine = engine
         if preload:
@@ -109,24 +115,29 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientBacked):
     @property
     def client(self) -> EmbeddingClient:
         """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
-        fields = {name: getattr(self, name) for name in _CLIENT_FIELDS} | model_option_values(self)
+        by_name = self._engine is not None and self.model_path is None
+        fields = {name: getattr(self, name) for name in _CLIENT_FIELDS} | model_option_values(self, by_name=by_name)
         return self._slot.get(_client_options(fields, self._engine))
 
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Any]:
-        """LlamaIndex's batching, with errors naming the caller's index (it splits by ``embed_batch_size``)."""
-        token = _OFFSET.set([0])
-        try:
+        """LlamaIndex's batching (by ``embed_batch_size``, with its events), with errors naming the caller's index
+        and one embellama progress bar for the whole call (none when LlamaIndex shows its own)."""
+        with self._whole_call(texts, show_progress):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        finally:
-            _OFFSET.reset(token)
 
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Any]:
         """Async twin of :meth:`get_text_embedding_batch`."""
+        with self._whole_call(texts, show_progress):
+            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+
+    @contextmanager
+    def _whole_call(self, texts: list[str], framework_bar: bool) -> Iterator[None]:
         token = _OFFSET.set([0])
         try:
-            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+            with self.client.progress_scope(len(texts), enabled=not framework_bar):
+                yield
         finally:
             _OFFSET.reset(token)
 
@@ -186,7 +197,6 @@ _CLIENT_FIELDS = (
     "embed_batch_size",
     "query_instruction",
     "text_instruction",
-    "show_progress",
 )
 _RENAMED = {"embed_batch_size": "batch_size", "text_instruction": "document_instruction"}
 

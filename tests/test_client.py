@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,12 @@ def test_shared_engine_is_recreated_after_close(model_path: Path) -> None:
 def test_namespace_is_stable_and_tracks_output_options(model_path: Path, engine: EmbeddingEngine) -> None:
     base = EmbeddingClient(model_path).namespace
     assert base == EmbeddingClient(model_path, batch_size=7, show_progress=True, n_workers=2).namespace
-    assert base.startswith("embellama:all-MiniLM-L6-v2-f16:")
+    assert base.startswith("embellama.all-MiniLM-L6-v2-f16.")
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", base)  # safe for any byte store, LocalFileStore included
+    assert EmbeddingClient(model_path, query_instruction="query: ").namespace == base  # documents unaffected
+    queries = EmbeddingClient(model_path).query_namespace
+    assert queries != base and re.fullmatch(r"[A-Za-z0-9_.-]+", queries)
+    assert EmbeddingClient(model_path, query_instruction="query: ").query_namespace != queries
     variants = {
         EmbeddingClient(model_path, normalize=False).namespace,
         EmbeddingClient(model_path, dimensions=128).namespace,

@@ -8,6 +8,7 @@ Every test runs the real default model on real files; waits are bounded and gene
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -151,34 +152,39 @@ def test_reload_race_never_mixes_widths_or_vectors(model_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- 5. file replaced on disk
-def test_file_replaced_on_disk_is_a_new_model(model_path: Path, tmp_path: Path) -> None:
+def test_file_replaced_on_disk_is_a_new_model(engine: EmbeddingEngine, model_path: Path, tmp_path: Path) -> None:
     """A GGUF atomically replaced under the same path loads the new weights while the old model is still loaded,
     with a new fingerprint and no cache entry of the old model answering for it."""
     path = tmp_path / "a.gguf"
     shutil.copyfile(model_path, path)
     other = quantize_model(model_path, tmp_path / "q8.gguf", "Q8_0")  # different weights
     text = "a model file replaced under the same name"
-    with EmbeddingEngine(cache_size=1000) as engine:
-        engine.load_model(model_path=path, model_name="a", n_workers=1)
-        old = engine.embed("a", text, output="numpy")
+    later = "a text model 'a' first sees after its file was replaced"
+    with EmbeddingEngine(cache_size=1000) as eng:
+        eng.load_model(model_path=path, model_name="a", n_workers=1)
+        old = eng.embed("a", text, output="numpy")
 
         staged = tmp_path / "staged.gguf"
         shutil.copyfile(other, staged)
         os.replace(staged, path)  # atomic: a new inode under the old name
 
-        engine.load_model(model_path=path, model_name="b", n_workers=1)
-        new = engine.embed("b", text, output="numpy")
-        again = engine.embed("a", text, output="numpy")
-        assert engine.model_info("b").fingerprint != engine.model_info("a").fingerprint
-        assert engine.model_info("b").path == engine.model_info("a").path == str(path)
+        eng.load_model(model_path=path, model_name="b", n_workers=1)
+        new = eng.embed("b", text, output="numpy")
+        old_later = eng.embed("a", later, output="numpy")
+        new_later = eng.embed("b", later, output="numpy")
+        assert eng.model_info("b").fingerprint != eng.model_info("a").fingerprint
+        assert eng.model_info("b").path == eng.model_info("a").path == str(path)
     with EmbeddingEngine(cache_size=0) as fresh:  # the new weights from a path nothing else ever loaded
         fresh.load_model(model_path=other, model_name="q", n_workers=1)
-        expected = fresh.embed("q", text, output="numpy")
+        expected = fresh.embed_batch("q", [text, later], output="numpy")
         assert fresh.model_info("q").fingerprint == identity.file_fingerprint(path)
 
     assert np.abs(new - old).max() > 1e-3, "model 'b' served the replaced file's old weights"
-    np.testing.assert_allclose(new, expected, atol=1e-4)
-    np.testing.assert_allclose(again, old, atol=1e-6)  # 'a' keeps serving the file it loaded
+    np.testing.assert_allclose(new, expected[0], atol=1e-4)
+    np.testing.assert_allclose(new_later, expected[1], atol=1e-4)
+    # 'a' keeps serving the weights it loaded (the original file's, as the session engine serves them)
+    np.testing.assert_allclose(old, engine.embed("minilm", text, output="numpy"), atol=1e-4)
+    np.testing.assert_allclose(old_later, engine.embed("minilm", later, output="numpy"), atol=1e-4)
 
 
 # --------------------------------------------------------------------------- 6. use_mmap honoured
@@ -226,9 +232,27 @@ async def _ticker(stop: asyncio.Event, lags: list[float], period: float = 0.005)
         lags.append(loop.time() - before - period)
 
 
-async def _lag_during(coro: Any) -> tuple[Any, float, int]:
+class _GCPauses:
+    """Longest cyclic-GC pause while active (CPython's collector holds the GIL: the loop stalls with it)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._start)
+
+
+async def _lag_during(coro: Any) -> tuple[Any, float, float]:
+    """Run ``coro`` beside a ticker; return its result, the longest loop stall and the longest GC pause."""
     lags: list[float] = []
     stop = asyncio.Event()
+    pauses = _GCPauses()
+    gc.collect()  # every run starts from a collected heap, not from whatever the earlier runs left pending
+    gc.callbacks.append(pauses)
     ticker = asyncio.ensure_future(_ticker(stop, lags))
     await asyncio.sleep(0)
     try:
@@ -236,7 +260,9 @@ async def _lag_during(coro: Any) -> tuple[Any, float, int]:
     finally:
         stop.set()
         await ticker
-    return result, max(lags, default=0.0), len(lags)
+        gc.callbacks.remove(pauses)
+    assert lags, "the ticker never ran"
+    return result, max(lags), pauses.longest
 
 
 MAX_LOOP_LAG = 0.15  # seconds. The target is 50 ms; the bound is looser because the 2-core machine is shared.
@@ -246,28 +272,33 @@ async def test_huge_async_batch_keeps_the_event_loop_responsive(model_path: Path
     """20,000 short texts through ``aembed_batch``, uncached then cached, list and numpy: the loop keeps ticking."""
     texts = [f"t{i}" for i in range(20_000)]
     engine = EmbeddingEngine(cache_size=25_000)
+    lags: dict[str, tuple[float, float]] = {}
     try:
         engine.load_model(model_path=model_path, model_name="m", n_workers=2)
-        uncached, lag_uncached, ticks_uncached = await _lag_during(engine.aembed_batch("m", texts))
+        rows, *lags["uncached list"] = await _lag_during(engine.aembed_batch("m", texts))
+        assert len(rows) == len(texts)
+        uncached = np.asarray(rows, dtype=np.float32)
         misses = engine.cache_stats().misses
-        cached, lag_cached, ticks_cached = await _lag_during(engine.aembed_batch("m", texts))
-        as_numpy, lag_numpy, ticks_numpy = await _lag_during(engine.aembed_batch("m", texts, output="numpy"))
+        rows, *lags["cached list"] = await _lag_during(engine.aembed_batch("m", texts))
+        assert len(rows) == len(texts)
+        cached = np.asarray(rows, dtype=np.float32)
+        del rows
+        as_numpy, *lags["cached numpy"] = await _lag_during(engine.aembed_batch("m", texts, output="numpy"))
         stats = engine.cache_stats()
         probe = engine.embed_batch("m", [texts[0], texts[12_345], texts[-1]], output="numpy")
     finally:
         await engine.aclose()
     print(
-        f"\nmax loop lag over 20,000 texts: uncached {lag_uncached * 1000:.1f} ms ({ticks_uncached} ticks), "
-        f"cached {lag_cached * 1000:.1f} ms ({ticks_cached} ticks), cached numpy {lag_numpy * 1000:.1f} ms "
-        f"({ticks_numpy} ticks)"
+        "\nmax loop lag over 20,000 texts: "
+        + ", ".join(f"{k} {lag * 1000:.1f} ms (longest GC pause {gc_ * 1000:.1f} ms)" for k, (lag, gc_) in lags.items())
     )
-    assert len(uncached) == len(cached) == len(texts) and as_numpy.shape == (len(texts), DIMS)
+    assert as_numpy.shape == uncached.shape == cached.shape == (len(texts), DIMS)
     assert stats.hits >= 2 * len(texts) and stats.misses == misses  # the second and third runs were all hits
-    np.testing.assert_array_equal(np.asarray(cached, dtype=np.float32), as_numpy)
-    np.testing.assert_allclose(np.asarray(uncached, dtype=np.float32), as_numpy, atol=1e-6)
-    np.testing.assert_allclose(as_numpy[[0, 12_345, -1]], probe, atol=1e-6)
-    for lag in (lag_uncached, lag_cached, lag_numpy):
-        assert lag < MAX_LOOP_LAG, f"event loop blocked for {lag * 1000:.0f} ms (target 50 ms)"
+    np.testing.assert_array_equal(cached, as_numpy)
+    np.testing.assert_allclose(uncached, as_numpy, atol=1e-6)
+    np.testing.assert_allclose(as_numpy[[0, 12_345, -1]], probe, atol=TOL)
+    for kind, (lag, _) in lags.items():
+        assert lag < MAX_LOOP_LAG, f"{kind}: event loop blocked for {lag * 1000:.0f} ms (target 50 ms)"
 
 
 # --------------------------------------------------------------------------- 9. fingerprints
@@ -375,6 +406,7 @@ def _check_reports(reports: list[tuple[int, int, int]], n: int, sizes: set[int])
 
 
 def test_progress_runs_in_the_caller_thread(progress_engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync progress: in the calling thread, one report per finished chunk, ending at (n, n)."""
     jobs = _record_jobs(progress_engine, monkeypatch)
     me = threading.get_ident()
     threads: set[int] = set()
@@ -397,6 +429,7 @@ def test_progress_runs_in_the_caller_thread(progress_engine: EmbeddingEngine, mo
 async def test_async_progress_runs_on_the_event_loop_thread(
     progress_engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Async progress: on the event loop's thread, ending at (n, n)."""
     jobs = _record_jobs(progress_engine, monkeypatch)
     loop_thread = threading.get_ident()
     threads: set[int] = set()
@@ -446,7 +479,28 @@ def test_progress_after_an_interruption_never_overcounts(
     assert rows.shape == (9, DIMS) and after[-1] == (9, 9)
 
 
+async def test_async_progress_after_an_interruption_never_overcounts(
+    progress_engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async twin of the interruption test."""
+    jobs = _record_jobs(progress_engine, monkeypatch)
+    reports: list[tuple[int, int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        reports.append((done, total, _embedded(jobs)))
+        if len(reports) == 2:
+            raise RuntimeError("interrupted by the progress callback")
+
+    with pytest.raises(RuntimeError, match="interrupted by the progress callback"):
+        await asyncio.wait_for(progress_engine.aembed_batch("p", PROGRESS_TEXTS, progress=progress), 120)
+    assert len(reports) == 2
+    _check_reports(reports, len(PROGRESS_TEXTS), {8})
+    rows = await asyncio.wait_for(progress_engine.aembed_batch("p", PROGRESS_TEXTS[:3], output="numpy"), 120)
+    assert rows.shape == (3, DIMS)
+
+
 def test_progress_callback_may_call_the_engine(progress_engine: EmbeddingEngine) -> None:
+    """The callback runs outside every engine lock: it may embed with the same model without deadlocking."""
     inner: list[list[float]] = []
 
     def progress(done: int, total: int) -> None:
@@ -470,6 +524,9 @@ def test_progress_callback_may_call_the_engine(progress_engine: EmbeddingEngine)
 
 # --------------------------------------------------------------------------- 12. str subclasses, process isolation
 def test_str_subclass_under_process_isolation(model_path: Path) -> None:
+    """Texts of a ``str`` subclass the child could not unpickle are sent as plain ``str``: alone, mixed into a
+    batch, and inside a round coalesced from concurrent requests, none of which fails."""
+
     class MyStr(str):  # local: pickling it by reference fails
         pass
 
@@ -544,6 +601,7 @@ def _start_loading(engine: EmbeddingEngine, model_path: Path, name: str) -> tupl
 
 
 def test_request_while_loading_says_still_loading(model_path: Path, slow_process_load: None) -> None:
+    """A request to a name still loading is a ModelNotFoundError that says so, not "no model named"."""
     with EmbeddingEngine(cache_size=0) as engine:
         loader, outcome = _start_loading(engine, model_path, "late")
         with pytest.raises(ModelNotFoundError, match="still loading"):
@@ -554,6 +612,7 @@ def test_request_while_loading_says_still_loading(model_path: Path, slow_process
 
 
 def test_close_while_loading(model_path: Path, slow_process_load: None) -> None:
+    """close() during a load: the load fails with EngineClosedError "closed while ... loading"."""
     engine = EmbeddingEngine(cache_size=0)
     loader, outcome = _start_loading(engine, model_path, "doomed")
     engine.close()
@@ -565,6 +624,7 @@ def test_close_while_loading(model_path: Path, slow_process_load: None) -> None:
 
 
 def test_unload_while_loading(model_path: Path, slow_process_load: None) -> None:
+    """unload_model() during a load: the load fails with EngineClosedError "unloaded while it was loading"."""
     with EmbeddingEngine(cache_size=0) as engine:
         loader, outcome = _start_loading(engine, model_path, "fleeting")
         engine.unload_model("fleeting")
@@ -612,6 +672,7 @@ _EMFILE_SCRIPT = """
 
 
 def test_file_descriptor_exhaustion_is_a_clear_load_error(model_path: Path) -> None:
+    """Out of file descriptors, a load fails with a ModelLoadError saying so (both isolations), then recovers."""
     proc = _run_script(_EMFILE_SCRIPT, str(model_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = {line.split(" ", 1)[0]: line for line in proc.stdout.splitlines()}

@@ -229,13 +229,14 @@ def test_any_python_str_is_a_vector_or_a_typed_error(engine: EmbeddingEngine, te
 # ---------------------------------------------------------------------- adapters
 @pytest.fixture(scope="module")
 def adapters(model_path: Any) -> list[Any]:
-    """The LangChain and LlamaIndex adapters on the default model, with small batches (errors cross batches)."""
+    """The LangChain and LlamaIndex adapters on the default model in strict mode (``truncate=False``; the adapters
+    cut over-long texts by default), with small batches (errors cross batches)."""
     from embellama_integrations.langchain import EmbellamaEmbeddings
     from embellama_integrations.llama_index import EmbellamaEmbedding
 
     return [
-        EmbellamaEmbeddings(model_path=str(model_path), batch_size=2),
-        EmbellamaEmbedding(model_path=str(model_path), embed_batch_size=2),
+        EmbellamaEmbeddings(model_path=str(model_path), batch_size=2, truncate=False),
+        EmbellamaEmbedding(model_path=str(model_path), embed_batch_size=2, truncate=False),
     ]
 
 

@@ -9,23 +9,34 @@ bar, twin sync and async methods (async awaits the model thread), and a stable c
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
+import logging
 import os
+import re
 import threading
+import weakref
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from .config import MODEL_OPTIONS, ModelConfig
 from .default_model import DEFAULT_MODEL_FILE, cache_dir, default_model_path
-from .engine import EmbeddingEngine, ProgressCallback
-from .errors import ConfigurationError
+from .engine import EmbeddingEngine, ProgressCallback, in_thread
+from .errors import ConfigurationError, InvalidInputError
 from .gguf import file_fingerprint
 from .hub import FromPretrained
-from .types import ModelInfo
+from .planning import OnError
+from .types import BatchResult, ModelInfo
 
 __all__ = ["MODEL_PATH_ENV", "ClientBacked", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
+
+logger = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 MODEL_PATH_ENV = "EMBELLAMA_MODEL_PATH"
 """Environment variable naming the GGUF file to use when no ``model_path`` is given."""
@@ -77,6 +88,8 @@ class EmbeddingClient(FromPretrained):
         query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to none.
         document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to none.
         show_progress: Show a tqdm progress bar while embedding documents. Defaults to False.
+        on_error: ``"raise"`` (default): a bad text fails the call, naming its index. ``"collect"``: every valid
+            text gets its vector and each bad one ``None``; the errors are in :attr:`last_errors` and logged.
         preload: Load the model now instead of on first use. Defaults to False.
         **model_options: Any :class:`~embellama.config.ModelConfig` option (``pooling``, ``normalize``,
             ``dimensions``, ``truncate``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
@@ -96,6 +109,7 @@ class EmbeddingClient(FromPretrained):
         query_instruction: str | None = "",
         document_instruction: str | None = "",
         show_progress: bool = False,
+        on_error: OnError = "raise",
         preload: bool = False,
         **model_options: Any,
     ) -> None:
@@ -112,12 +126,25 @@ class EmbeddingClient(FromPretrained):
         self.document_instruction = _check_instruction("document_instruction", document_instruction)
         self.batch_size = batch_size
         self.show_progress = show_progress
+        if on_error not in ("raise", "collect"):
+            raise ConfigurationError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
+        self.on_error: OnError = on_error
+        self.last_errors: dict[int, InvalidInputError] = {}
+        """With ``on_error="collect"``: the errors of the last ``embed_documents`` call, by index."""
         self._engine = engine
         self._lock = threading.Lock()
         self._loaded: tuple[EmbeddingEngine, str] | None = None
+        self._release: Any = None
         self.config: ModelConfig | None
-        self._build_default = False
         given = {k: v for k, v in model_options.items() if not (v is None and MODEL_OPTIONS[k] is None)}
+        if model_name is not None and _names_a_file(model_name) and not (engine is not None and model_path is None):
+            # the Hugging Face habit: model_name="/path/model.gguf" means the file
+            if model_path is not None and str(model_path) not in (model_name, model_path_from_env()):
+                raise ConfigurationError(
+                    f"model_name={model_name!r} names a file and model_path={str(model_path)!r} another; pass the "
+                    "GGUF file as model_path (model_name is the name to register it under)"
+                )
+            model_path, model_name = model_name, None
         if engine is not None and model_path is None and model_name is not None:
             # a model already registered in the caller's engine: its options are the engine's
             changed = sorted(k for k, v in given.items() if v != MODEL_OPTIONS[k])
@@ -134,8 +161,7 @@ class EmbeddingClient(FromPretrained):
                 model_path = model_path_from_env()
             if model_path is None:
                 # the default model's path is known without building it; building waits for first use
-                model_path = cache_dir() / "models" / DEFAULT_MODEL_FILE
-                self._build_default = True
+                model_path = _default_model_file()
             self.config = ModelConfig(model_path=model_path, model_name=model_name, **given)
         if preload:
             self.preload()
@@ -168,47 +194,95 @@ class EmbeddingClient(FromPretrained):
 
     @property
     def namespace(self) -> str:
-        """A stable key for this client's vectors: model file identity, output options and document prefix.
+        """A stable cache key for this client's document vectors (characters ``[A-Za-z0-9_.-]`` only).
 
-        Two clients giving a text the same document vector have the same namespace; changing the file, pooling,
-        normalization, dimensions, truncation or the document instruction changes it. Use it as LangChain's
-        ``CacheBackedEmbeddings`` namespace. Reads the file's head and tail, but does not load the model.
+        Made of the model file's content fingerprint, every option that changes a vector (pooling, normalization,
+        dimensions, truncation, input limit) and the document instruction: two clients giving a text the same
+        document vector have the same namespace, and changing any of these changes it. Safe as a LangChain
+        ``CacheBackedEmbeddings`` namespace with any byte store, ``LocalFileStore`` included. Does not load the
+        model (the file is hashed once per file identity).
         """
+        return self._namespace("doc", self.document_instruction)
+
+    @property
+    def query_namespace(self) -> str:
+        """Like :attr:`namespace`, for query vectors: it follows the query instruction instead (e.g. LangChain's
+        ``CacheBackedEmbeddings(query_embedding_cache=...)``)."""
+        return self._namespace("query", self.query_instruction)
+
+    def _namespace(self, role: str, instruction: str) -> str:
         if self.config is not None:
-            if self._build_default:
+            if self._builds_default:
                 default_model_path()
-            fingerprint = file_fingerprint(self.config.model_path)
-            pooling, normalize, dims, truncate, max_tokens = self.config.output_options()
-            stem = self.config.name
+            config = self.config
         else:
-            info = self.info
-            fingerprint, pooling, normalize, dims = info.fingerprint, info.pooling, info.normalize, info.dimensions
-            truncate, max_tokens = None, None
-            stem = info.name
-        prefix = hashlib.sha256(self.document_instruction.encode("utf-8")).hexdigest()[:8]
-        parts = [stem, fingerprint, pooling, f"norm={int(normalize)}", f"dims={dims or 'all'}"]
-        parts += [
-            f"trunc={'?' if truncate is None else int(truncate)}",
-            f"max={max_tokens or 'model'}",
-            f"doc={prefix}",
+            engine, name = self.ensure_loaded()
+            config = engine.model_config(name)
+        pooling, normalize, dims, truncate, max_tokens = config.output_options()
+        prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
+        parts = [
+            "embellama",
+            _SAFE.sub("_", config.name),
+            file_fingerprint(config.model_path),
+            str(pooling),
+            f"norm{int(normalize)}",
+            f"dims{dims or 'all'}",
+            f"trunc{int(truncate)}",
+            f"max{max_tokens or 'model'}",
+            f"{role}-{prompt}",
         ]
-        return "embellama:" + ":".join(str(p) for p in parts)
+        return ".".join(parts)
 
     # ------------------------------------------------------------------ loading
     def ensure_loaded(self) -> tuple[EmbeddingEngine, str]:
-        """Register the model (sharing an identical one already loaded) and return ``(engine, name)``."""
+        """Register the model (sharing an identical one already loaded) and return ``(engine, name)``.
+
+        The client counts as a user of the model until it is garbage-collected; a model no client uses any more is
+        unloaded (see :meth:`~embellama.engine.EmbeddingEngine.acquire`).
+        """
         with self._lock:
             loaded = self._loaded
             if loaded is not None and not (loaded[0].is_closed and self._engine is None):
                 return loaded
             # first use, or the shared engine was closed: register again in the (new) shared engine
             assert self.config is not None
-            if self._build_default:
+            if self._builds_default:
                 default_model_path()
             engine = self._engine or shared_engine()
-            name = engine.ensure_model(self.config)
+            name = engine.acquire(self.config)
+            if self._release is not None:
+                self._release.detach()
+            self._release = weakref.finalize(self, engine.release, name)
             self._loaded = (engine, name)
             return self._loaded
+
+    async def aensure_loaded(self) -> tuple[EmbeddingEngine, str]:
+        """:meth:`ensure_loaded` for async code: a first load (or default-model build) runs on a helper thread,
+        so the event loop never blocks on it."""
+        loaded = self._loaded
+        if loaded is not None and not loaded[0].is_closed:
+            return loaded
+        result: tuple[EmbeddingEngine, str] = await asyncio.wrap_future(in_thread(self.ensure_loaded, "embellama-load"))
+        return result
+
+    @property
+    def _builds_default(self) -> bool:
+        return self.config is not None and Path(self.config.model_path) == _default_model_file()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable state: options only; the other side registers the model in its own shared engine."""
+        state = dict(self.__dict__)
+        state.update(_lock=None, _loaded=None, _release=None, last_errors={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingClient:
+        clone = copy.copy(self)
+        clone.__setstate__(self.__getstate__())
+        return clone
 
     def preload(self) -> ModelInfo:
         """Load the model now (otherwise it loads on first use); return its metadata."""
@@ -216,13 +290,16 @@ class EmbeddingClient(FromPretrained):
 
     # ------------------------------------------------------------------ embedding
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed documents (with the document instruction): one ``list[float]`` per text, in order."""
+        """Embed documents (with the document instruction): one ``list[float]`` per text, in order.
+
+        With ``on_error="collect"`` a text that cannot be embedded gets ``None`` instead (see :attr:`last_errors`).
+        """
         engine, name = self.ensure_loaded()
         with self._progress(texts) as progress:
-            vectors: list[list[float]] = engine.embed_batch(
-                name, _prefixed(texts, self.document_instruction), progress=progress
+            result = engine.embed_batch(
+                name, _prefixed(texts, self.document_instruction), progress=progress, on_error=self.on_error
             )
-        return vectors
+        return self._vectors(result)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the query instruction)."""
@@ -231,17 +308,32 @@ class EmbeddingClient(FromPretrained):
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`: awaits the model thread, never blocks the loop or uses an executor."""
-        engine, name = self.ensure_loaded()
+        engine, name = await self.aensure_loaded()
         with self._progress(texts) as progress:
-            vectors: list[list[float]] = await engine.aembed_batch(
-                name, _prefixed(texts, self.document_instruction), progress=progress
+            result = await engine.aembed_batch(
+                name, _prefixed(texts, self.document_instruction), progress=progress, on_error=self.on_error
             )
-        return vectors
+        return self._vectors(result)
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`."""
-        engine, name = self.ensure_loaded()  # loads once per process and model; requests then await the thread
+        engine, name = await self.aensure_loaded()
         return await engine.aembed(name, _prefixed_one(text, self.query_instruction))
+
+    def _vectors(self, result: Any) -> list[Any]:
+        if not isinstance(result, BatchResult):
+            vectors: list[list[float]] = result
+            return vectors
+        self.last_errors = result.errors
+        if result.errors:
+            first = next(iter(result.errors.values()))
+            logger.warning(
+                "%d of %d texts could not be embedded and got None (on_error='collect'); first: %s",
+                len(result.errors),
+                len(result.embeddings),
+                first,
+            )
+        return result.embeddings
 
     def __repr__(self) -> str:
         where = self.config.model_path if self.config is not None else "registered"
@@ -249,17 +341,42 @@ class EmbeddingClient(FromPretrained):
 
     # ------------------------------------------------------------------ internals
     @contextmanager
+    def progress_scope(self, total: int, *, enabled: bool = True) -> Iterator[None]:
+        """One progress bar for a framework call that reaches this client in several sub-batches (LlamaIndex).
+
+        Inside the scope, each ``embed_documents`` advances this bar instead of opening its own; with
+        ``enabled=False`` (the framework shows its own bar) no embellama bar is shown.
+        """
+        bar = self._new_bar(total) if enabled and self.show_progress and total else None
+        token = _OUTER_BAR.set(_OuterBar(bar))
+        try:
+            yield
+        finally:
+            _OUTER_BAR.reset(token)
+            if bar is not None:
+                bar.close()
+
+    @contextmanager
     def _progress(self, texts: Sequence[str]) -> Iterator[ProgressCallback | None]:
         """A progress callback driving a tqdm bar (the engine calls it as texts finish), or None."""
+        outer = _OUTER_BAR.get()
+        if outer is not None:
+            if outer.bar is None:
+                yield None
+                return
+            seen = [0]
+
+            def advance_outer(done: int, _total: int) -> None:
+                outer.bar.update(done - seen[0])
+                seen[0] = done
+
+            yield advance_outer
+            return
         total = len(texts) if isinstance(texts, Sized) and not isinstance(texts, (str, bytes)) else 0
         if not self.show_progress or total == 0:
             yield None
             return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is in the progress extra
-            raise ConfigurationError("show_progress needs tqdm: pip install 'embellama[progress]'") from None
-        bar = tqdm(total=total, desc="Embedding", unit="text")
+        bar = self._new_bar(total)
 
         def advance(done: int, _total: int) -> None:
             bar.update(done - bar.n)
@@ -268,6 +385,33 @@ class EmbeddingClient(FromPretrained):
             yield advance
         finally:
             bar.close()
+
+    @staticmethod
+    def _new_bar(total: int) -> Any:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is in the progress extra
+            raise ConfigurationError("show_progress needs tqdm: pip install 'embellama[progress]'") from None
+        return tqdm(total=total, desc="Embedding", unit="text")
+
+
+class _OuterBar:
+    """The bar of a whole framework call (None: no embellama bar for it)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+
+_OUTER_BAR: ContextVar[_OuterBar | None] = ContextVar("embellama_outer_progress", default=None)
+
+
+def _default_model_file() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL_FILE
+
+
+def _names_a_file(name: str) -> bool:
+    """Whether a ``model_name`` is really a path to a GGUF file."""
+    return name.lower().endswith(".gguf") or os.sep in name or Path(name).expanduser().is_file()
 
 
 def _prefixed(texts: Sequence[str], prefix: str) -> Sequence[str]:
@@ -292,6 +436,18 @@ class ClientSlot:
         self._client: EmbeddingClient | None = None
         self._options: dict[str, Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # the client is rebuilt from the object's fields on the other side
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __copy__(self) -> ClientSlot:
+        return ClientSlot()  # a copied adapter builds its own client (its fields may be changed independently)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ClientSlot:
+        return ClientSlot()
+
     def get(self, options: dict[str, Any]) -> EmbeddingClient:
         """The client for ``options`` (keyword arguments of :class:`EmbeddingClient`), built if they changed."""
         if self._client is None or options != self._options:
@@ -313,8 +469,14 @@ class ClientBacked(FromPretrained):
 
     @property
     def namespace(self) -> str:
-        """A stable key from the model's identity and output options, e.g. a ``CacheBackedEmbeddings`` namespace."""
+        """A stable cache key for document vectors (``[A-Za-z0-9_.-]`` only), e.g. a ``CacheBackedEmbeddings``
+        namespace; see :attr:`embellama.client.EmbeddingClient.namespace`."""
         return self.client.namespace
+
+    @property
+    def query_namespace(self) -> str:
+        """A stable cache key for query vectors (follows the query instruction)."""
+        return self.client.query_namespace
 
     @property
     def info(self) -> ModelInfo:

@@ -35,7 +35,7 @@ from .scheduler import WorkerPool
 from .texts import validate_text
 from .types import BatchResult, Job, JobResult, ModelInfo
 
-__all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback"]
+__all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback", "in_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class _Model:
 
     config: ModelConfig
     pool: WorkerPool
+    users: int | None = None
+    """Clients holding it through :meth:`EmbeddingEngine.acquire` (None: loaded explicitly, never auto-unloaded)."""
 
     @property
     def ready(self) -> bool:
@@ -98,13 +100,16 @@ class EmbeddingEngine:
         if config is not None and options:
             raise ConfigurationError("pass either a ModelConfig or keyword options, not both")
         config = config or ModelConfig(**options)
+        return self._load(config, explicit=True)
+
+    def _load(self, config: ModelConfig, *, explicit: bool) -> ModelInfo:
         with self._lock:
             self._check_open()
             existing = self._models.get(config.name)
             if existing is not None:
                 state = "loaded" if existing.ready else "loading"
                 raise ConfigurationError(f"a model named {config.name!r} is already {state}")
-            model = _Model(config, self._new_pool(config))
+            model = _Model(config, self._new_pool(config), users=None if explicit else 0)
             self._models[config.name] = model
         try:
             info = model.pool.start()
@@ -150,7 +155,7 @@ class EmbeddingEngine:
                 name = f"{config.name}#{i}"
             config = config.replace(model_name=name)
         try:
-            self.load_model(config)
+            self._load(config, explicit=False)
         except ConfigurationError:
             with self._lock:  # another thread registered the same config meanwhile
                 for existing, model in self._models.items():
@@ -158,6 +163,35 @@ class EmbeddingEngine:
                         return existing
             raise
         return name
+
+    def acquire(self, config: ModelConfig) -> str:
+        """:meth:`ensure_model`, counting the caller as a user; pair with :meth:`release`.
+
+        A model first registered this way is unloaded when its last user releases it (adapters that change options
+        in a notebook do not pile up models); one loaded with :meth:`load_model` stays until unloaded.
+        """
+        while True:
+            name = self.ensure_model(config)
+            with self._lock:
+                model = self._models.get(name)
+                if model is None:  # released and unloaded by another user meanwhile: register again
+                    continue
+                if model.users is not None:
+                    model.users += 1
+                return name
+
+    def release(self, name: str) -> None:
+        """Drop one user of a model taken with :meth:`acquire`; the last one unloads it (never raises)."""
+        with self._lock:
+            model = self._models.get(name)
+            if model is None or model.users is None:
+                return
+            model.users -= 1
+            if model.users > 0 or self._closed:
+                return
+            del self._models[name]
+        logger.info("unloading model %r: no client uses it any more", name)
+        model.pool.stop()
 
     def unload_model(self, name: str) -> None:
         """Stop the model's workers and free it; its queued requests fail with ``EngineClosedError``."""
@@ -173,6 +207,10 @@ class EmbeddingEngine:
         """Loaded models by name."""
         with self._lock:
             return {name: m.pool.info for name, m in self._models.items() if m.pool.info is not None}
+
+    def model_config(self, name: str) -> ModelConfig:
+        """The configuration the model ``name`` was loaded with."""
+        return self._serving(name).config
 
     def model_info(self, name: str) -> ModelInfo:
         """Metadata of the loaded model ``name``."""
@@ -361,16 +399,7 @@ class EmbeddingEngine:
 
     async def aclose(self) -> None:
         """Async :meth:`close`: joins the workers on a helper thread, not on the event loop."""
-        done: Future[None] = Future()
-
-        def close() -> None:
-            try:
-                self.close()
-            finally:
-                done.set_result(None)
-
-        threading.Thread(target=close, name="embellama-aclose", daemon=True).start()
-        await asyncio.wrap_future(done)
+        await asyncio.wrap_future(in_thread(self.close, "embellama-aclose"))
 
     def __enter__(self) -> EmbeddingEngine:
         self._check_open()
@@ -393,6 +422,18 @@ class EmbeddingEngine:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"models={sorted(self._models)}"
         return f"<EmbeddingEngine {state}>"
+
+    def __copy__(self) -> EmbeddingEngine:
+        return self  # an engine is a service: copies of objects that use it share it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingEngine:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "an EmbeddingEngine holds threads and native models and cannot be pickled; objects sent to other "
+            "processes should name a model_path (they then use that process's shared engine)"
+        )
 
     def after_fork_in_child(self) -> None:
         """In a child made by ``os.fork()``: forget the parent's workers; each model reloads on its next request."""
@@ -484,6 +525,26 @@ class EmbeddingEngine:
             _cancel(futures)
             raise
         return await _adrive(assemble(plan, _results(futures), output, self._cache))
+
+
+def in_thread(fn: Callable[[], Any], name: str = "embellama-call") -> Future[Any]:
+    """Run ``fn`` on a new daemon thread; the returned future gets its result (await it with ``wrap_future``).
+
+    Used where a blocking step (a model load, joining workers) must not run on an event loop, without borrowing the
+    loop's default executor.
+    """
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class _Progress:
