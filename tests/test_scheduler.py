@@ -18,7 +18,7 @@ import pytest
 
 from embellama import EmbeddingEngine, EmbeddingError, EngineClosedError, InvalidInputError, ModelConfig
 from embellama.batching import plan_decodes
-from embellama.rounds import run_round
+from embellama.rounds import Prepared, run_round
 from embellama.scheduler import Backend, WorkerPool
 from embellama.types import Job, JobResult, ModelInfo
 
@@ -31,6 +31,7 @@ class FakeModel:
     def __init__(self, *, max_tokens: int = 16, max_texts: int = 4, fail_on: str | None = None) -> None:
         self.max_tokens, self.max_texts, self.fail_on = max_tokens, max_texts, fail_on
         self.decodes: list[int] = []
+        self.prepared = 0
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -39,12 +40,14 @@ class FakeModel:
     def output_width(self) -> int:
         return WIDTH
 
-    def prepare(self, text: str) -> npt.NDArray[np.int32]:
+    def prepare_input(self, text: str) -> Prepared:
+        self.prepared += 1
         if text == "bad":
             raise InvalidInputError("bad text", n_tokens=3, limit=2)
         if len(text) > self.max_tokens:
             raise InvalidInputError("too long", n_tokens=len(text), limit=self.max_tokens)
-        return np.frombuffer(text.encode("ascii") or b" ", dtype=np.uint8).astype(np.int32)
+        tokens = np.frombuffer(text.encode("ascii") or b" ", dtype=np.uint8).astype(np.int32)
+        return Prepared(tokens, len(tokens))
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
         return plan_decodes(lengths, max_tokens=self.max_tokens * self.max_texts, max_texts=self.max_texts)
@@ -120,7 +123,7 @@ def pool(model: FakeModel) -> Iterator[tuple[WorkerPool, list[FakeBackend]]]:
 # ---------------------------------------------------------------------------- run_round
 def test_round_keeps_order_across_jobs_and_decodes(model: FakeModel) -> None:
     texts = ["a", "hello world", "bb", "x" * 16, "abc", "zz"]
-    outcomes = run_round(model, [(texts[:3], False, [10, 11, 12]), (texts[3:], False, [0, 1, 2])])
+    outcomes = run_round(model, [(texts[:3], False, [10, 11, 12], False), (texts[3:], False, [0, 1, 2], False)])
     rows = [o.vectors for o in outcomes if isinstance(o, JobResult)]
     np.testing.assert_allclose(np.vstack(rows), np.stack([expected(t) for t in texts]), rtol=1e-6)
     assert len(model.decodes) == 2  # 6 texts, at most 4 per decode: shared between the two jobs
@@ -128,9 +131,15 @@ def test_round_keeps_order_across_jobs_and_decodes(model: FakeModel) -> None:
 
 def test_round_errors_name_the_callers_index_and_spare_other_jobs(model: FakeModel) -> None:
     raised, collected, fine = run_round(
-        model, [(["ok", "bad", "ok2"], False, [40, 41, 42]), (["bad", "x"], True, [7, 8]), (["y"], False, [9])]
+        model,
+        [
+            (["ok", "bad", "ok2"], False, [40, 41, 42], False),
+            (["bad", "x"], True, [7, 8], False),
+            (["y"], False, [9], False),
+        ],
     )
     assert isinstance(raised, InvalidInputError) and raised.index == 41 and raised.n_tokens == 3
+    assert raised.preview == "bad" and "'bad'" in str(raised)
     assert isinstance(collected, JobResult) and list(collected.errors) == [0] and collected.errors[0].index == 7
     assert np.isnan(collected.vectors[0]).all() and np.allclose(collected.vectors[1], expected("x"))
     assert isinstance(fine, JobResult) and np.allclose(fine.vectors[0], expected("y"))
@@ -138,7 +147,7 @@ def test_round_errors_name_the_callers_index_and_spare_other_jobs(model: FakeMod
 
 def test_a_failing_decode_fails_only_its_jobs() -> None:
     model = FakeModel(max_texts=1, fail_on="boom")  # one text per decode
-    a, b = run_round(model, [(["boom"], False, [0]), (["fine"], False, [0])])
+    a, b = run_round(model, [(["boom"], False, [0], False), (["fine"], False, [0], False)])
     assert isinstance(a, EmbeddingError)
     assert isinstance(b, JobResult) and np.allclose(b.vectors[0], expected("fine"))
 
@@ -146,14 +155,14 @@ def test_a_failing_decode_fails_only_its_jobs() -> None:
 def test_stopping_between_decodes_fails_unfinished_jobs() -> None:
     model = FakeModel(max_texts=1)
     calls = iter([False, True, True])
-    outcomes = run_round(model, [(["a", "b", "c"], False, [0, 1, 2])], should_stop=lambda: next(calls))
+    outcomes = run_round(model, [(["a", "b", "c"], False, [0, 1, 2], False)], should_stop=lambda: next(calls))
     assert isinstance(outcomes[0], EngineClosedError) and model.decodes == [1]
 
 
 def test_on_decode_reports_each_decode() -> None:
     model = FakeModel(max_texts=1)
     beats: list[int] = []
-    run_round(model, [(["a", "b", "c"], False, [0, 1, 2])], on_decode=lambda: beats.append(1))
+    run_round(model, [(["a", "b", "c"], False, [0, 1, 2], False)], on_decode=lambda: beats.append(1))
     assert len(beats) == 3
 
 
@@ -257,6 +266,12 @@ def test_engine_request_path_with_a_fake_model(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(InvalidInputError) as info:
             engine.embed_batch("f", ["ok", "fine", "bad"])
         assert info.value.index == 2
+        # strict mode checks a whole multi-job request before embedding any of it
+        before, checked = len(fake.decodes), fake.prepared
+        with pytest.raises(InvalidInputError) as late:
+            engine.embed_batch("f", [f"fresh {i}" for i in range(40)] + ["x" * 20])
+        assert late.value.index == 40 and late.value.n_tokens == 20
+        assert len(fake.decodes) == before and 0 < fake.prepared - checked <= 41  # checked, never decoded
         with pytest.raises(InvalidInputError) as single:
             engine.embed("f", "bad")
         assert single.value.index is None

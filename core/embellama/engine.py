@@ -29,7 +29,7 @@ from . import lifecycle
 from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
-from .errors import ConfigurationError, EngineClosedError, ModelNotFoundError
+from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
 from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request
 from .scheduler import WorkerPool
 from .texts import validate_text
@@ -484,47 +484,102 @@ class EmbeddingEngine:
             single=single,
         )
 
-    def _submit(self, model: _Model, plan: Plan) -> list[Future[JobResult]]:
+    def _submit(self, model: _Model, plan: Plan, *, check_only: bool = False) -> list[Future[JobResult]]:
         futures = []
         for chunk in plan.chunks:
-            job = Job([plan.texts[i] for i in chunk], plan.collect, plan.job_indices(chunk))
+            job = Job([plan.texts[i] for i in chunk], plan.collect, plan.job_indices(chunk), check_only=check_only)
             futures.append(job.future)
             model.pool.put(job)
         return futures
 
+    @staticmethod
+    def _strict(model: _Model, plan: Plan) -> bool:
+        """Whether to check a whole request before embedding any of it: strict mode (``truncate=False``) with
+        ``on_error="raise"``, over several jobs (one job is always checked whole before its first decode)."""
+        return not model.config.truncate and not plan.collect and len(plan.chunks) > 1
+
     def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
+        if self._strict(model, plan):
+            _wait(self._submit(model, plan, check_only=True), None)
         futures = self._submit(model, plan)
-        tracker = _Progress(plan, futures, progress)
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                if tracker.finished(done):
-                    _cancel(pending)
-                    concurrent.futures.wait(pending)
-                    break
-        except BaseException:
-            _cancel(futures)
-            raise
-        return drive(assemble(plan, _results(futures), output, self._cache))
+        results = _wait(futures, _Progress(plan, futures, progress))
+        answer = drive(assemble(plan, results, output, self._cache))
+        _report_truncation(model, plan)
+        return answer
 
     async def _arun(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
+        if self._strict(model, plan):
+            await _await(self._submit(model, plan, check_only=True), None)
         futures = self._submit(model, plan)
-        tracker = _Progress(plan, futures, progress)
-        waiting = {asyncio.wrap_future(f): f for f in futures}
-        pending = set(waiting)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if tracker.finished([waiting[d] for d in done]):
-                    _cancel(waiting[p] for p in pending)
-                    if pending:
-                        await asyncio.wait(pending)
-                    break
-        except BaseException:
-            _cancel(futures)
-            raise
-        return await _adrive(assemble(plan, _results(futures), output, self._cache))
+        results = await _await(futures, _Progress(plan, futures, progress))
+        answer = await _adrive(assemble(plan, results, output, self._cache))
+        _report_truncation(model, plan)
+        return answer
+
+
+def _wait(futures: list[Future[JobResult]], tracker: _Progress | None) -> list[JobResult]:
+    """Wait for a request's jobs in the caller's thread, reporting progress; stop early on a failure."""
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            if _finished(done, tracker):
+                _cancel(pending)
+                concurrent.futures.wait(pending)
+                break
+    except BaseException:
+        _cancel(futures)
+        raise
+    return _results(futures)
+
+
+async def _await(futures: list[Future[JobResult]], tracker: _Progress | None) -> list[JobResult]:
+    """:func:`_wait` on an event loop; cancelling the awaiting task cancels the jobs not yet started."""
+    waiting = {asyncio.wrap_future(f): f for f in futures}
+    pending = set(waiting)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if _finished([waiting[d] for d in done], tracker):
+                _cancel(waiting[p] for p in pending)
+                if pending:
+                    await asyncio.wait(pending)
+                break
+    except BaseException:
+        _cancel(futures)
+        raise
+    return _results(futures)
+
+
+def _finished(done: Iterable[Future[JobResult]], tracker: _Progress | None) -> bool:
+    failed = [f for f in done if f.cancelled() or f.exception() is not None]
+    if tracker is not None:
+        tracker.count(f for f in done if f not in failed)
+    return bool(failed)
+
+
+truncation_logger = logging.getLogger("embellama.truncation")
+
+
+def _report_truncation(model: _Model, plan: Plan) -> None:
+    """One warning per call that cut texts: how many, the limit, the first one, and how to be strict instead."""
+    if not plan.truncated:
+        return
+    first = min(plan.truncated)
+    info = model.pool.info
+    limit = info.max_tokens if info is not None else "?"
+    preview = plan.texts[first][: InvalidInputError.PREVIEW_CHARS]
+    truncation_logger.warning(
+        "%d of %d texts exceeded model %r's limit of %s tokens and were truncated (first: index %s, %d tokens, "
+        "%r); pass truncate=False to refuse over-long texts instead",
+        len(plan.truncated),
+        plan.n,
+        model.config.name,
+        limit,
+        "-" if plan.single else first,
+        plan.truncated[first],
+        preview,
+    )
 
 
 def in_thread(fn: Callable[[], Any], name: str = "embellama-call") -> Future[Any]:
@@ -558,17 +613,12 @@ class _Progress:
         if callback is not None and not futures:
             callback(self.total, self.total)
 
-    def finished(self, futures: Iterable[Future[JobResult]]) -> bool:
-        """Count ``futures`` that succeeded; return whether any failed (the request then stops early)."""
-        failed = False
-        for f in futures:
-            if f.cancelled() or f.exception() is not None:
-                failed = True
-                continue
+    def count(self, succeeded: Iterable[Future[JobResult]]) -> None:
+        """Add the texts of jobs that succeeded and report the new total."""
+        for f in succeeded:
             self.done += self.sizes[f]
             if self.callback is not None:
                 self.callback(self.done, self.total)
-        return failed
 
 
 def _cancel(futures: Iterable[Future[Any]]) -> None:

@@ -59,7 +59,10 @@ class InvalidInputError(EmbellamaError, ValueError):
         reason: What is wrong, in words.
         n_tokens: Token count of the text, when the problem is its length.
         limit: The model's token limit, when the problem is its length.
+        preview: The first characters of the text (to find it in a corpus), when it is a str.
     """
+
+    PREVIEW_CHARS = 40
 
     def __init__(
         self,
@@ -69,28 +72,51 @@ class InvalidInputError(EmbellamaError, ValueError):
         n_tokens: int | None = None,
         limit: int | None = None,
         model_name: str | None = None,
+        preview: str | None = None,
     ) -> None:
         self.reason = reason
         self.index = index
         self.n_tokens = n_tokens
         self.limit = limit
         self.model_name = model_name
+        self.preview = preview
         where = f"text at index {index}" if index is not None else "text"
+        if preview is not None:
+            where += f" {preview!r}"
         model = f" (model {model_name!r})" if model_name else ""
         super().__init__(f"{where}{model}: {reason}")
 
-    def at_index(self, index: int | None) -> InvalidInputError:
-        """Return a copy of this error that names ``index`` as the offending position."""
+    def at_index(self, index: int | None, text: str | None = None) -> InvalidInputError:
+        """Return a copy of this error naming ``index`` (and, given ``text``, a preview of it)."""
+        preview = self.preview
+        if text is not None:
+            cut = text[: self.PREVIEW_CHARS]
+            preview = cut + ("…" if len(text) > self.PREVIEW_CHARS else "")
         return InvalidInputError(
-            self.reason, index=index, n_tokens=self.n_tokens, limit=self.limit, model_name=self.model_name
+            self.reason,
+            index=index,
+            n_tokens=self.n_tokens,
+            limit=self.limit,
+            model_name=self.model_name,
+            preview=preview,
         )
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # keeps keyword attributes across pickling (process isolation sends errors between processes)
-        return (_rebuild_invalid_input, (self.reason, self.index, self.n_tokens, self.limit, self.model_name))
+        return (
+            _rebuild_invalid_input,
+            (self.reason, self.index, self.n_tokens, self.limit, self.model_name, self.preview),
+        )
 
 
 def _rebuild_invalid_input(
-    reason: str, index: int | None, n_tokens: int | None, limit: int | None, model_name: str | None
+    reason: str,
+    index: int | None,
+    n_tokens: int | None,
+    limit: int | None,
+    model_name: str | None,
+    preview: str | None = None,
 ) -> InvalidInputError:
-    return InvalidInputError(reason, index=index, n_tokens=n_tokens, limit=limit, model_name=model_name)
+    return InvalidInputError(
+        reason, index=index, n_tokens=n_tokens, limit=limit, model_name=model_name, preview=preview
+    )

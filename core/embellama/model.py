@@ -29,6 +29,7 @@ from .errors import ConfigurationError, EmbeddingError, EmbellamaError, InvalidI
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, read_header
 from .identity import file_fingerprint, file_identity
 from .pooling import pool_tokens, postprocess
+from .rounds import Prepared
 from .texts import validate_text
 from .types import ModelInfo
 from .wordpiece import WordPieceTokenizer
@@ -318,15 +319,26 @@ class EmbeddingModel:
         Raises:
             InvalidInputError: empty after tokenization, or over the limit with ``truncate=False``.
         """
+        try:
+            return self.prepare_input(text).tokens
+        except InvalidInputError as exc:
+            raise exc.at_index(index) if index is not None else exc from None
+
+    def prepare_input(self, text: str) -> Prepared:
+        """The model contract's first step: tokens for one text after the length policy, and the count before it.
+
+        Raises:
+            InvalidInputError: empty after tokenization, or over the limit with ``truncate=False`` (no index).
+        """
         tokens = self.tokenize(text)
+        n_tokens = len(tokens)
         if not tokens:
-            raise InvalidInputError("text produces no tokens", index=index, model_name=self.config.name)
+            raise InvalidInputError("text produces no tokens", model_name=self.config.name)
         if len(tokens) > self._limit:
             if not self.config.truncate:
                 raise InvalidInputError(
                     f"{len(tokens)} tokens exceed the model's limit of {self._limit} "
                     "(pass truncate=True to cut long inputs)",
-                    index=index,
                     n_tokens=len(tokens),
                     limit=self._limit,
                     model_name=self.config.name,
@@ -334,7 +346,7 @@ class EmbeddingModel:
             assert self._weights is not None
             add_eos = self._weights.add_eos
             tokens = tokens[: self._limit - 1] + tokens[-1:] if add_eos else tokens[: self._limit]
-        return np.asarray(tokens, dtype=np.int32)
+        return Prepared(np.asarray(tokens, dtype=np.int32), n_tokens)
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
         """Group prepared texts into decodes that fit this instance's context."""

@@ -46,6 +46,8 @@ class Plan:
     errors: dict[int, InvalidInputError] = field(default_factory=dict)
     single: bool = False
     """A lone text (``embed``): errors name no index."""
+    truncated: dict[int, int] = field(default_factory=dict)
+    """Texts the model cut to its limit: caller's index -> token count before the cut."""
 
     @property
     def done_at_start(self) -> int:
@@ -151,6 +153,8 @@ def assemble(plan: Plan, results: list[JobResult], output: Output, cache: Embedd
         plan.rows[chunk] = result.vectors
         for position, err in result.errors.items():
             plan.errors[chunk[position]] = err
+        for position, n_tokens in result.truncated.items():
+            plan.truncated[chunk[position]] = n_tokens
         for position, i in enumerate(chunk):
             key = plan.keys[i]
             if position not in result.errors and key is not None:

@@ -4,7 +4,8 @@ A *round* is what one worker serves at once: the jobs it took from its queue. :f
 all of them into shared decodes through the :class:`EncoderModel` contract (after infinity's
 ``encode_pre`` / ``encode_core`` / ``encode_post``):
 
-- ``prepare(text)`` validates and tokenizes one text (raises :class:`~embellama.errors.InvalidInputError`),
+- ``prepare_input(text)`` tokenizes one text and applies the length policy (raises
+  :class:`~embellama.errors.InvalidInputError`), returning the tokens and the count before any cut,
 - ``plan(lengths)`` groups prepared texts into decodes,
 - ``forward(sequences)`` runs one decode and returns one raw row per sequence,
 - ``postprocess(rows)`` turns raw rows into the vectors the caller gets.
@@ -15,7 +16,7 @@ The executor knows nothing about llama.cpp; the scheduler's unit tests drive it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,10 +24,18 @@ import numpy.typing as npt
 from .errors import EngineClosedError, InvalidInputError
 from .types import JobResult, Payload
 
-__all__ = ["EncoderModel", "Outcome", "run_round"]
+__all__ = ["EncoderModel", "Outcome", "Prepared", "run_round"]
 
 Outcome = JobResult | BaseException
 """What one job of a round ends with."""
+
+
+class Prepared(NamedTuple):
+    """One text ready for a decode."""
+
+    tokens: npt.NDArray[np.int32]
+    n_tokens: int
+    """Token count before the length policy: more than ``len(tokens)`` when the text was cut."""
 
 
 class EncoderModel(Protocol):
@@ -36,8 +45,9 @@ class EncoderModel(Protocol):
     def output_width(self) -> int:
         """Columns of a row returned by :meth:`postprocess`."""
 
-    def prepare(self, text: str) -> npt.NDArray[np.int32]:
-        """Validate and tokenize one text; raise ``InvalidInputError`` (without an index) if it is unusable."""
+    def prepare_input(self, text: str) -> Prepared:
+        """Tokenize one text and apply the length policy; raise ``InvalidInputError`` (without an index) if it is
+        unusable."""
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
         """Group prepared texts (by their token counts) into decodes; every index exactly once."""
@@ -58,13 +68,14 @@ def run_round(
 ) -> list[Outcome]:
     """Embed the texts of several jobs in shared decodes; return one outcome per job, in order.
 
-    A job with an invalid text fails with that text's ``InvalidInputError`` (naming the caller's index) unless it
-    collects errors: then its valid texts are embedded and the errors returned beside them. A decode that fails
-    fails only the jobs that had texts in it; the others go on.
+    A job with an invalid text fails with that text's ``InvalidInputError`` (naming the caller's index and the
+    text's first characters) unless it collects errors: then its valid texts are embedded and the errors returned
+    beside them. A check-only job is prepared but never decoded. A decode that fails fails only the jobs that had
+    texts in it; the others go on.
 
     Args:
         model: The model (see :class:`EncoderModel`).
-        payloads: ``(texts, collect_errors, indices)`` per job.
+        payloads: ``(texts, collect_errors, indices, check_only)`` per job.
         should_stop: Checked before each decode; True fails the jobs not yet finished with
             ``EngineClosedError`` (so closing waits for one decode, not a whole round).
         on_decode: Called after each decode (a process backend reports progress with it).
@@ -72,20 +83,28 @@ def run_round(
     outcomes: list[Outcome] = []
     sequences: list[npt.NDArray[np.int32]] = []
     owners: list[tuple[int, int]] = []  # per prepared sequence: (job, position in job)
-    for job_index, (texts, collect, indices) in enumerate(payloads):
+    for job_index, (texts, collect, indices, check_only) in enumerate(payloads):
         errors: dict[int, InvalidInputError] = {}
         prepared: list[tuple[int, npt.NDArray[np.int32]]] = []
+        truncated: dict[int, int] = {}
         for position, text in enumerate(texts):
             try:
-                prepared.append((position, model.prepare(text)))
+                tokens, n_tokens = model.prepare_input(text)
             except InvalidInputError as exc:
-                errors[position] = exc.at_index(indices[position])
+                errors[position] = exc.at_index(indices[position], text)
                 if not collect:
                     break
+                continue
+            prepared.append((position, tokens))
+            if n_tokens > len(tokens):
+                truncated[position] = n_tokens
         if errors and not collect:
             outcomes.append(next(iter(errors.values())))
             continue
-        outcomes.append(JobResult(np.full((len(texts), model.output_width), np.nan, dtype=np.float32), errors))
+        width = 0 if check_only else model.output_width
+        outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated))
+        if check_only:
+            continue
         for position, tokens in prepared:
             sequences.append(tokens)
             owners.append((job_index, position))

@@ -46,10 +46,13 @@ class JobResult:
     vectors: npt.NDArray[np.float32]
     errors: dict[int, InvalidInputError] = field(default_factory=dict)
     """Errors by position in the job (each error's ``index`` is the caller's absolute index)."""
+    truncated: dict[int, int] = field(default_factory=dict)
+    """Texts cut to the model's limit (``truncate=True``): position in the job -> token count before the cut."""
 
 
-Payload = tuple[list[str], bool, "list[int | None]"]
-"""What a backend needs of a job: texts, whether to collect errors, the caller's index of each text (picklable)."""
+Payload = tuple[list[str], bool, "list[int | None]", bool]
+"""What a backend needs of a job (picklable): texts, whether to collect errors, the caller's index of each text,
+and whether only to check the texts (tokenize and apply the length policy, no decode)."""
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Job:
     indices: list[int | None] | None = None
     """The caller's index of each text (None: a lone text, errors name no index); defaults to the position."""
     future: Future[JobResult] = field(default_factory=Future)
+    check_only: bool = False
+    """Only check the texts (strict mode checks a whole request before embedding any of it)."""
     attempts: int = 0
     """How many times a process backend retried this job after its child died."""
 
@@ -78,7 +83,7 @@ class Job:
     def payload(self) -> Payload:
         """What a round needs of this job (plain, picklable values)."""
         assert self.indices is not None
-        return self.texts, self.collect_errors, self.indices
+        return self.texts, self.collect_errors, self.indices, self.check_only
 
 
 @dataclass
