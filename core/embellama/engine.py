@@ -334,7 +334,12 @@ class EmbeddingEngine:
         progress: ProgressCallback | None = None,
         on_error: OnError = "raise",
     ) -> Any:
-        """Async :meth:`embed_batch`; cancelling the awaiting task drops its not-yet-started chunks."""
+        """Async :meth:`embed_batch`; cancelling the awaiting task drops its not-yet-started chunks.
+
+        Planning and the answer are built in slices between which the event loop runs. For very large batches
+        (tens of thousands of texts) prefer ``output="numpy"``: a list answer creates one Python list per text,
+        and the garbage collector's pauses over them can stall the loop for 100 ms or more.
+        """
         model = self._serving(name)
         plan = await _adrive(self._plan(model, texts, on_error))
         return await self._arun(model, plan, output, progress)

@@ -21,10 +21,14 @@ from .errors import ConfigurationError, InvalidInputError
 from .texts import validate_text
 from .types import BatchResult, JobResult
 
-__all__ = ["SLICE", "Output", "Plan", "assemble", "drive", "plan_request", "split"]
+__all__ = ["ROW_SLICE", "SLICE", "Output", "Plan", "assemble", "drive", "plan_request", "split"]
 
 SLICE = 1024
-"""Texts handled between two yields (a slice of planning or of converting rows to lists stays well under 50 ms)."""
+"""Texts planned between two yields (validation and cache lookups of a slice take a few ms)."""
+
+ROW_SLICE = 256
+"""Rows converted to Python lists between two yields. Very large list answers also cost the garbage collector's
+pauses (it scans the new lists while holding the GIL): for huge async batches prefer ``output="numpy"``."""
 
 Output = Literal["list", "numpy"]
 OnError = Literal["raise", "collect"]
@@ -168,8 +172,8 @@ def assemble(plan: Plan, results: list[JobResult], output: Output, cache: Embedd
         vectors = plan.rows
     else:
         vectors = []
-        for start in range(0, plan.n, SLICE):
-            vectors.extend(plan.rows[start : start + SLICE].tolist())
+        for start in range(0, plan.n, ROW_SLICE):
+            vectors.extend(plan.rows[start : start + ROW_SLICE].tolist())
             yield
     if plan.collect:
         embeddings = [None if i in plan.errors else vectors[i] for i in range(plan.n)]
