@@ -8,6 +8,7 @@ keeps the crash probe out of the shipped package.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 MARKER = os.environ.get("EMBELLAMA_TEST_ABORT_MARKER")
 
@@ -19,9 +20,9 @@ if MARKER:
     from embellama.errors import EmbeddingError
     from embellama.model import EmbeddingModel
 
-    _prepare = EmbeddingModel.prepare
+    _prepare = EmbeddingModel.prepare_input
 
-    def _prepare_or_abort(self: EmbeddingModel, text: str) -> np.ndarray:
+    def _prepare_or_abort(self: EmbeddingModel, text: str) -> Any:
         if text != MARKER:
             return _prepare(self, text)
         n = self._budget + 1
@@ -32,4 +33,4 @@ if MARKER:
         llama_cpp.llama_encode(self._context.ctx, batch.batch)
         raise EmbeddingError("llama.cpp did not abort on an over-long batch")
 
-    EmbeddingModel.prepare = _prepare_or_abort  # type: ignore[method-assign]
+    EmbeddingModel.prepare_input = _prepare_or_abort  # type: ignore[method-assign]
