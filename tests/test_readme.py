@@ -1,0 +1,59 @@
+"""Every Python example in README.md runs as written, against the default model, in a fresh interpreter.
+
+Blocks with top-level ``await`` (as in a notebook) run inside ``asyncio.run``. A block preceded by an HTML comment
+starting ``<!-- not run`` is skipped by design (it needs a model hub); nothing else is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_BLOCK = re.compile(r"(<!-- not run[^>]*-->\s*)?```python\n(.*?)```", re.S)
+
+
+def _blocks() -> list[tuple[int, str]]:
+    text = README.read_text(encoding="utf-8")
+    found = []
+    for match in _BLOCK.finditer(text):
+        if match.group(1):
+            continue
+        line = text.count("\n", 0, match.start(2)) + 1
+        found.append((line, match.group(2)))
+    return found
+
+
+BLOCKS = _blocks()
+
+
+def _runnable(code: str) -> str:
+    if not re.search(r"^\S[^\n]*\bawait\b", code, re.M):  # top-level await only (as in a notebook)
+        return code
+    return "import asyncio\n\n\nasync def _main():\n" + textwrap.indent(code, "    ") + "\n\nasyncio.run(_main())\n"
+
+
+def test_readme_has_examples() -> None:
+    assert len(BLOCKS) >= 7
+    assert len(_BLOCK.findall(README.read_text(encoding="utf-8"))) - len(BLOCKS) <= 1  # only the hub block skips
+
+
+@pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
+def test_readme_example_runs(line: int, code: str, model_path: Path, tmp_path: Path) -> None:
+    env_code = _runnable(code)
+    proc = subprocess.run(
+        [sys.executable, "-c", env_code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EMBELLAMA_MODEL_PATH": str(model_path)},
+    )
+    assert proc.returncode == 0, f"README.md line {line} failed:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr
