@@ -154,3 +154,15 @@ def test_job_queue_wakes_the_newest_waiter() -> None:
     with pytest.raises(queue.Empty):
         q.get_nowait()
     assert q.waiting() == 0
+
+
+def test_moved_names_still_import_from_embellama_worker_with_a_warning() -> None:
+    import embellama.types
+    import embellama.worker as old
+
+    with pytest.warns(DeprecationWarning, match="embellama.types.ModelInfo"):
+        assert old.ModelInfo is embellama.types.ModelInfo
+    with pytest.warns(DeprecationWarning):
+        assert old.JobQueue.__module__ == "embellama.scheduler"
+    with pytest.raises(AttributeError):
+        _ = old.ModelWorker
