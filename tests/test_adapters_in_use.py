@@ -121,7 +121,7 @@ def _count_client_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     original = EmbeddingClient.embed_documents
 
-    def spy(self: EmbeddingClient, texts: Sequence[str]) -> list[list[float]]:
+    def spy(self: EmbeddingClient, texts: Sequence[str]) -> Any:
         calls.append(len(texts))
         return original(self, texts)
 
@@ -299,7 +299,7 @@ def test_llama_index_ingestion_cache_serves_the_second_run(
     ).run(documents=docs)
     assert calls == []  # served from the cache: nothing reached embellama
     assert [n.get_content() for n in again] == [n.get_content() for n in first]
-    assert np.allclose([n.embedding for n in again], [n.embedding for n in first])
+    assert np.allclose(np.array([n.embedding for n in again]), np.array([n.embedding for n in first]))
 
     calls.clear()  # another option is another transformation: not served from the cache
     IngestionPipeline(
@@ -397,7 +397,7 @@ async def test_cache_backed_embeddings_in_memory_async(model_path: Path, monkeyp
     calls: list[int] = []
     original = EmbeddingClient.aembed_documents
 
-    async def spy(self: EmbeddingClient, texts: Sequence[str]) -> list[list[float]]:
+    async def spy(self: EmbeddingClient, texts: Sequence[str]) -> Any:
         calls.append(len(texts))
         return await original(self, texts)
 
@@ -489,7 +489,7 @@ def test_model_name_naming_a_gguf_file_loads_that_file(model_path: Path, tmp_pat
         assert adapter.client.model_path == other
         assert "other.gguf" in repr(adapter)
     vector = lc.embed_query("a llama")
-    assert lc.info.path == str(other) or Path(lc.info.path) == other
+    assert Path(lc.info.path) == other
     assert _cos(vector, li.get_query_embedding("a llama")) > 0.9999
     assert _cos(vector, EmbellamaEmbeddings(model_path=str(model_path)).embed_query("a llama")) > 0.9999
 
@@ -626,7 +626,7 @@ def test_dropped_adapters_release_their_models(model_path: Path) -> None:
         assert len(adapter.embed_query("x")) == 64 + 32 * i
     names = {adapter.client.model_name for adapter in adapters}
     assert names <= set(shared_engine().models)
-    assert len(_embellama_threads()) >= baseline + 6
+    assert len([t for t in _embellama_threads() if t.startswith("embellama-released-")]) == 6
     del adapter, adapters
     gc.collect()
     assert not names & set(shared_engine().models)
@@ -658,13 +658,10 @@ def test_changing_a_field_releases_the_previous_model(model_path: Path) -> None:
 def test_max_tokens_and_batch_tokens_from_both_adapters(model_path: Path) -> None:
     head = "Llamas are domesticated South American camelids used as pack animals"
     a, b = head + " in the high Andes of Peru.", head + " and their wool is spun into yarn for clothes."
-    for short in (
-        EmbellamaEmbeddings(model_path=str(model_path), max_tokens=8),
-        EmbellamaEmbedding(str(model_path), max_tokens=8),
-    ):
-        assert short.client.config is not None and short.client.config.max_tokens == 8
     lc_short = EmbellamaEmbeddings(model_path=str(model_path), max_tokens=8)
     li_short = EmbellamaEmbedding(str(model_path), max_tokens=8)
+    for short in (lc_short, li_short):
+        assert short.client.config is not None and short.client.config.max_tokens == 8
     cut = lc_short.embed_documents([a, b])
     assert _cos(cut[0], cut[1]) > 0.9999  # both cut to the same 8 tokens
     assert _cos(li_short.get_text_embedding(a), cut[0]) > 0.9999
@@ -726,7 +723,7 @@ def test_llama_index_on_error_collect_reports_the_callers_index_across_sub_batch
 def test_llama_index_shows_one_progress_bar_per_call(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bars: list[Any] = []
 
-    class CountingTqdm(tqdm.auto.tqdm):  # type: ignore[misc,name-defined]
+    class CountingTqdm(tqdm.auto.tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("file", io.StringIO())  # keep the test output clean
             super().__init__(*args, **kwargs)
