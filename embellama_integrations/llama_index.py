@@ -19,8 +19,8 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
 from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine import EmbeddingEngine
-from embellama.errors import InvalidInputError
+from embellama.engine import EmbeddingEngine, call_offset, one_report_per_call
+from embellama.errors import ConfigurationError, InvalidInputError
 
 from ._options import (
     ADAPTER_DEFAULTS,
@@ -97,6 +97,7 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
             text_instruction=text_instruction,
         )
         options = {k: kwargs.pop(k) for k in (*MODEL_OPTION_NAMES, "show_progress", "on_error") if k in kwargs}
+        _refuse_collect(options.get("on_error", "raise"))
         by_name = engine is not None and model_path is None
         defaults = {} if by_name else {k: v for k, v in ADAPTER_DEFAULTS.items() if k not in options}
         # validated by the core first, so invalid options raise embellama's ConfigurationError
@@ -107,6 +108,17 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
         if preload:
             self.client.preload()
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle the options (the client is rebuilt on the other side); refuse when bound to a private engine,
+        which LlamaIndex would otherwise drop silently, leaving the copy on another model."""
+        if self._engine is not None:
+            raise TypeError(
+                "this EmbellamaEmbedding is bound to a private EmbeddingEngine, which cannot cross processes; "
+                "build it with model_path=... to pickle it"
+            )
+        state: dict[Any, Any] = super().__getstate__()
+        return state
+
     @classmethod
     def class_name(cls) -> str:
         """Name used by LlamaIndex's serialization."""
@@ -115,6 +127,7 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
     @property
     def client(self) -> EmbeddingClient:
         """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        _refuse_collect(self.on_error)
         by_name = self._engine is not None and self.model_path is None
         fields = {name: getattr(self, name) for name in _CLIENT_FIELDS} | model_option_values(self, by_name=by_name)
         return self._slot.get(_client_options(fields, self._engine))
@@ -134,9 +147,10 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
 
     @contextmanager
     def _whole_call(self, texts: list[str], framework_bar: bool) -> Iterator[None]:
+        """One caller-level call: indices, the progress bar and the truncation warning span its sub-batches."""
         token = _OFFSET.set([0])
         try:
-            with self.client.progress_scope(len(texts), enabled=not framework_bar):
+            with self.client.progress_scope(len(texts), enabled=not framework_bar), one_report_per_call():
                 yield
         finally:
             _OFFSET.reset(token)
@@ -166,6 +180,15 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
             return await self.client.aembed_documents(texts)
 
 
+def _refuse_collect(on_error: str) -> None:
+    if on_error == "collect":
+        raise ConfigurationError(
+            "on_error='collect' is not available with LlamaIndex: its embedding events and nodes need a vector "
+            "for every text. Over-long texts are cut by default (truncate=True); to keep going past other bad "
+            "input, embed through embellama.EmbeddingEngine.embed_batch(..., on_error='collect')"
+        )
+
+
 # Where the current LlamaIndex sub-batch starts in the caller's list: LlamaIndex splits a call into batches of
 # embed_batch_size before the adapter sees them, so an InvalidInputError would otherwise name the index within
 # the sub-batch. A mutable box per get_text_embedding_batch call, shared by the tasks it starts.
@@ -184,7 +207,8 @@ def _claim(n_texts: int) -> int:
 @contextmanager
 def _callers_index(start: int) -> Iterator[None]:
     try:
-        yield
+        with call_offset(start):
+            yield
     except InvalidInputError as exc:
         if start and exc.index is not None:
             raise exc.at_index(start + exc.index) from None

@@ -699,20 +699,15 @@ def test_langchain_on_error_collect(model_path: Path, caplog: pytest.LogCaptureF
     assert _cos(vectors[0], reference[0]) > 0.9999 and _cos(vectors[2], reference[1]) > 0.9999
 
 
-def test_llama_index_on_error_collect(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
-    li = EmbellamaEmbedding(str(model_path), on_error="collect")
-    vectors = li.get_text_embedding_batch(["a llama", None, "a guitar"])  # type: ignore[list-item]
-    assert vectors[1] is None and vectors[0] is not None and vectors[2] is not None
-    assert set(li.client.last_errors) == {1}
-    assert [r for r in caplog.records if r.levelno == logging.WARNING and "collect" in r.getMessage()]
-
-
-def test_llama_index_on_error_collect_reports_the_callers_index_across_sub_batches(model_path: Path) -> None:
-    li = EmbellamaEmbedding(str(model_path), on_error="collect", embed_batch_size=2)
-    vectors = li.get_text_embedding_batch(["a", "b", "c", None, "e"])  # type: ignore[list-item]
-    assert vectors[3] is None and all(vectors[i] is not None for i in (0, 1, 2, 4))
-    assert set(li.client.last_errors) == {3}
+def test_llama_index_refuses_on_error_collect(model_path: Path) -> None:
+    """LlamaIndex's embedding events and nodes need a vector for every text (they reject None), so the LlamaIndex
+    adapter refuses collect mode with a message naming the alternatives, at construction and after assignment."""
+    with pytest.raises(ConfigurationError, match="on_error='collect' is not available with LlamaIndex"):
+        EmbellamaEmbedding(str(model_path), on_error="collect")
+    li = EmbellamaEmbedding(str(model_path))
+    li.on_error = "collect"
+    with pytest.raises(ConfigurationError, match="embed_batch"):
+        li.get_text_embedding_batch(["a llama"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,12 +35,19 @@ class EmbeddingCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[Hashable, npt.NDArray[np.float32]] = OrderedDict()
+        self._cut: dict[Hashable, int] = {}  # key -> token count before the cut, for texts the model truncated
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
 
     def get(self, key: Hashable) -> npt.NDArray[np.float32] | None:
         """The cached vector for ``key``, or None (counted as a miss)."""
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: Hashable) -> tuple[npt.NDArray[np.float32], int | None] | None:
+        """The cached vector for ``key`` and, if the text was cut to the model's limit, its token count before the
+        cut; None on a miss."""
         if self.capacity == 0:
             return None
         with self._lock:
@@ -50,10 +57,11 @@ class EmbeddingCache:
                 return None
             self._data.move_to_end(key)
             self._hits += 1
-            return value
+            return value, self._cut.get(key)
 
-    def put(self, key: Hashable, vector: npt.NDArray[np.float32]) -> None:
-        """Store a copy of ``vector`` under ``key``, evicting the least recently used entry when full."""
+    def put(self, key: Hashable, vector: npt.NDArray[np.float32], cut_from: int | None = None) -> None:
+        """Store a copy of ``vector`` under ``key`` (``cut_from``: the text's token count before truncation),
+        evicting the least recently used entry when full."""
         if self.capacity == 0:
             return
         stored = np.array(vector, dtype=np.float32, copy=True)
@@ -61,13 +69,17 @@ class EmbeddingCache:
         with self._lock:
             self._data[key] = stored
             self._data.move_to_end(key)
+            if cut_from is not None:
+                self._cut[key] = cut_from
             while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+                old, _ = self._data.popitem(last=False)
+                self._cut.pop(old, None)
 
     def clear(self) -> None:
         """Drop every entry and reset the counters."""
         with self._lock:
             self._data.clear()
+            self._cut.clear()
             self._hits = self._misses = 0
 
     def after_fork_in_child(self) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -35,7 +37,15 @@ from .scheduler import WorkerPool
 from .texts import validate_text
 from .types import BatchResult, Job, JobResult, ModelInfo
 
-__all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback", "in_thread"]
+__all__ = [
+    "BatchResult",
+    "EmbeddingEngine",
+    "Output",
+    "ProgressCallback",
+    "call_offset",
+    "in_thread",
+    "one_report_per_call",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -566,24 +576,77 @@ def _finished(done: Iterable[Future[JobResult]], tracker: _Progress | None) -> b
 truncation_logger = logging.getLogger("embellama.truncation")
 
 
+class _CallReport:
+    """Texts cut during one caller-level call that reaches the engine as several requests (LlamaIndex)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.cut: dict[int, tuple[int, str]] = {}  # caller's index -> (tokens before the cut, preview)
+        self.model = ""
+        self.limit: object = "?"
+
+
+_CALL: ContextVar[_CallReport | None] = ContextVar("embellama_call_report", default=None)
+_CALL_OFFSET: ContextVar[int] = ContextVar("embellama_call_offset", default=0)
+
+
+@contextlib.contextmanager
+def one_report_per_call() -> Iterator[None]:
+    """Gather the truncation warnings of every request made inside into one, logged when the block ends.
+
+    For a framework call that reaches the engine as sub-batches; see :func:`call_offset` for their indices.
+    """
+    report = _CallReport()
+    token = _CALL.set(report)
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+        if report.cut:
+            first = min(report.cut)
+            _log_truncation(len(report.cut), report.total, report.model, report.limit, first, *report.cut[first])
+
+
+@contextlib.contextmanager
+def call_offset(start: int) -> Iterator[None]:
+    """Inside :func:`one_report_per_call`: the requests made here start at index ``start`` of the caller's list."""
+    token = _CALL_OFFSET.set(start)
+    try:
+        yield
+    finally:
+        _CALL_OFFSET.reset(token)
+
+
 def _report_truncation(model: _Model, plan: Plan) -> None:
     """One warning per call that cut texts: how many, the limit, the first one, and how to be strict instead."""
+    report = _CALL.get()
+    if report is not None:
+        report.total += plan.n
     if not plan.truncated:
         return
-    first = min(plan.truncated)
     info = model.pool.info
     limit = info.max_tokens if info is not None else "?"
-    preview = plan.texts[first][: InvalidInputError.PREVIEW_CHARS]
+    previews = {i: (n, plan.texts[i][: InvalidInputError.PREVIEW_CHARS]) for i, n in plan.truncated.items()}
+    if report is not None:
+        offset = _CALL_OFFSET.get()
+        report.cut.update({offset + i: v for i, v in previews.items()})
+        report.model, report.limit = model.config.name, limit
+        return
+    first = min(previews)
+    _log_truncation(len(previews), plan.n, model.config.name, limit, None if plan.single else first, *previews[first])
+
+
+def _log_truncation(count: int, total: int, name: str, limit: object, first: int | None, n: int, text: str) -> None:
     truncation_logger.warning(
         "%d of %d texts exceeded model %r's limit of %s tokens and were truncated (first: index %s, %d tokens, "
         "%r); pass truncate=False to refuse over-long texts instead",
-        len(plan.truncated),
-        plan.n,
-        model.config.name,
+        count,
+        total,
+        name,
         limit,
-        "-" if plan.single else first,
-        plan.truncated[first],
-        preview,
+        "-" if first is None else first,
+        n,
+        text,
     )
 
 

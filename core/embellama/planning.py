@@ -116,11 +116,13 @@ def plan_request(
                 continue
             plan.texts[i] = text
             key = plan.keys[i] = (identity, text)
-            hit = cache.get(key)
+            hit = cache.get_entry(key)
             if hit is None:
                 missing.append(i)
-            else:
-                plan.rows[i] = hit
+                continue
+            plan.rows[i] = hit[0]
+            if hit[1] is not None:  # answered from the cache, but still the vector of a cut text: say so
+                plan.truncated[i] = hit[1]
         yield
     plan.chunks = split(missing, n_workers, most, least)
     return plan
@@ -162,7 +164,7 @@ def assemble(plan: Plan, results: list[JobResult], output: Output, cache: Embedd
         for position, i in enumerate(chunk):
             key = plan.keys[i]
             if position not in result.errors and key is not None:
-                cache.put(key, plan.rows[i])
+                cache.put(key, plan.rows[i], result.truncated.get(position))
         done += len(chunk)
         if done >= SLICE:
             done = 0
