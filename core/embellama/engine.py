@@ -11,15 +11,12 @@ blocks and a model is only ever called from its own thread.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -31,26 +28,25 @@ from . import lifecycle
 from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
-from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
+from .errors import ConfigurationError, EngineClosedError, ModelNotFoundError
 from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request
 from .scheduler import WorkerPool
 from .texts import validate_text
+from .truncation import call_offset, one_report_per_call, report_truncation
 from .types import BatchResult, Job, JobResult, ModelInfo
+from .waiting import Progress, ProgressCallback, adrive, await_jobs, in_thread, wait_jobs
 
 __all__ = [
     "BatchResult",
     "EmbeddingEngine",
     "Output",
     "ProgressCallback",
-    "call_offset",
+    "call_offset",  # re-exported from truncation / waiting for the adapters
     "in_thread",
     "one_report_per_call",
 ]
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` with the texts finished so far, in the caller's thread (or event loop)."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -301,7 +297,7 @@ class EmbeddingEngine:
     async def aembed(self, name: str, text: str, *, output: Output = "list") -> Any:
         """Async :meth:`embed`: awaits the model thread, never blocks the event loop."""
         model = self._serving(name)
-        plan = await _adrive(self._plan(model, [text], "raise", single=True))
+        plan = await adrive(self._plan(model, [text], "raise", single=True))
         return (await self._arun(model, plan, output, None))[0]
 
     @overload
@@ -351,7 +347,7 @@ class EmbeddingEngine:
         and the garbage collector's pauses over them can stall the loop for 100 ms or more.
         """
         model = self._serving(name)
-        plan = await _adrive(self._plan(model, texts, on_error))
+        plan = await adrive(self._plan(model, texts, on_error))
         return await self._arun(model, plan, output, progress)
 
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
@@ -508,6 +504,11 @@ class EmbeddingEngine:
         return futures
 
     @staticmethod
+    def _report(model: _Model, plan: Plan) -> None:
+        info = model.pool.info
+        report_truncation(plan, model.config.name, info.max_tokens if info is not None else 0)
+
+    @staticmethod
     def _strict(model: _Model, plan: Plan) -> bool:
         """Whether to check a whole request before embedding any of it: strict mode (``truncate=False``) with
         ``on_error="raise"``, over several jobs (one job is always checked whole before its first decode)."""
@@ -515,200 +516,18 @@ class EmbeddingEngine:
 
     def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
         if self._strict(model, plan):
-            _wait(self._submit(model, plan, check_only=True), None)
+            wait_jobs(self._submit(model, plan, check_only=True), None)
         futures = self._submit(model, plan)
-        results = _wait(futures, _Progress(plan, futures, progress))
+        results = wait_jobs(futures, Progress(plan, futures, progress))
         answer = drive(assemble(plan, results, output, self._cache))
-        _report_truncation(model, plan)
+        self._report(model, plan)
         return answer
 
     async def _arun(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
         if self._strict(model, plan):
-            await _await(self._submit(model, plan, check_only=True), None)
+            await await_jobs(self._submit(model, plan, check_only=True), None)
         futures = self._submit(model, plan)
-        results = await _await(futures, _Progress(plan, futures, progress))
-        answer = await _adrive(assemble(plan, results, output, self._cache))
-        _report_truncation(model, plan)
+        results = await await_jobs(futures, Progress(plan, futures, progress))
+        answer = await adrive(assemble(plan, results, output, self._cache))
+        self._report(model, plan)
         return answer
-
-
-def _wait(futures: list[Future[JobResult]], tracker: _Progress | None) -> list[JobResult]:
-    """Wait for a request's jobs in the caller's thread, reporting progress; stop early on a failure."""
-    pending = set(futures)
-    try:
-        while pending:
-            done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            if _finished(done, tracker):
-                _cancel(pending)
-                concurrent.futures.wait(pending)
-                break
-    except BaseException:
-        _cancel(futures)
-        raise
-    return _results(futures)
-
-
-async def _await(futures: list[Future[JobResult]], tracker: _Progress | None) -> list[JobResult]:
-    """:func:`_wait` on an event loop; cancelling the awaiting task cancels the jobs not yet started."""
-    waiting = {asyncio.wrap_future(f): f for f in futures}
-    pending = set(waiting)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if _finished([waiting[d] for d in done], tracker):
-                _cancel(waiting[p] for p in pending)
-                if pending:
-                    await asyncio.wait(pending)
-                break
-    except BaseException:
-        _cancel(futures)
-        raise
-    return _results(futures)
-
-
-def _finished(done: Iterable[Future[JobResult]], tracker: _Progress | None) -> bool:
-    failed = [f for f in done if f.cancelled() or f.exception() is not None]
-    if tracker is not None:
-        tracker.count(f for f in done if f not in failed)
-    return bool(failed)
-
-
-truncation_logger = logging.getLogger("embellama.truncation")
-
-
-class _CallReport:
-    """Texts cut during one caller-level call that reaches the engine as several requests (LlamaIndex)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.cut: dict[int, tuple[int, str]] = {}  # caller's index -> (tokens before the cut, preview)
-        self.model = ""
-        self.limit: object = "?"
-
-
-_CALL: ContextVar[_CallReport | None] = ContextVar("embellama_call_report", default=None)
-_CALL_OFFSET: ContextVar[int] = ContextVar("embellama_call_offset", default=0)
-
-
-@contextlib.contextmanager
-def one_report_per_call() -> Iterator[None]:
-    """Gather the truncation warnings of every request made inside into one, logged when the block ends.
-
-    For a framework call that reaches the engine as sub-batches; see :func:`call_offset` for their indices.
-    """
-    report = _CallReport()
-    token = _CALL.set(report)
-    try:
-        yield
-    finally:
-        _CALL.reset(token)
-        if report.cut:
-            first = min(report.cut)
-            _log_truncation(len(report.cut), report.total, report.model, report.limit, first, *report.cut[first])
-
-
-@contextlib.contextmanager
-def call_offset(start: int) -> Iterator[None]:
-    """Inside :func:`one_report_per_call`: the requests made here start at index ``start`` of the caller's list."""
-    token = _CALL_OFFSET.set(start)
-    try:
-        yield
-    finally:
-        _CALL_OFFSET.reset(token)
-
-
-def _report_truncation(model: _Model, plan: Plan) -> None:
-    """One warning per call that cut texts: how many, the limit, the first one, and how to be strict instead."""
-    report = _CALL.get()
-    if report is not None:
-        report.total += plan.n
-    if not plan.truncated:
-        return
-    info = model.pool.info
-    limit = info.max_tokens if info is not None else "?"
-    previews = {i: (n, plan.texts[i][: InvalidInputError.PREVIEW_CHARS]) for i, n in plan.truncated.items()}
-    if report is not None:
-        offset = _CALL_OFFSET.get()
-        report.cut.update({offset + i: v for i, v in previews.items()})
-        report.model, report.limit = model.config.name, limit
-        return
-    first = min(previews)
-    _log_truncation(len(previews), plan.n, model.config.name, limit, None if plan.single else first, *previews[first])
-
-
-def _log_truncation(count: int, total: int, name: str, limit: object, first: int | None, n: int, text: str) -> None:
-    truncation_logger.warning(
-        "%d of %d texts exceeded model %r's limit of %s tokens and were truncated (first: index %s, %d tokens, "
-        "%r); pass truncate=False to refuse over-long texts instead",
-        count,
-        total,
-        name,
-        limit,
-        "-" if first is None else first,
-        n,
-        text,
-    )
-
-
-def in_thread(fn: Callable[[], Any], name: str = "embellama-call") -> Future[Any]:
-    """Run ``fn`` on a new daemon thread; the returned future gets its result (await it with ``wrap_future``).
-
-    Used where a blocking step (a model load, joining workers) must not run on an event loop, without borrowing the
-    loop's default executor.
-    """
-    future: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-class _Progress:
-    """Counts finished texts for a request and reports them in the caller's thread."""
-
-    def __init__(self, plan: Plan, futures: list[Future[JobResult]], callback: ProgressCallback | None) -> None:
-        self.total = plan.n
-        self.done = plan.done_at_start
-        self.sizes = {f: len(c) for f, c in zip(futures, plan.chunks, strict=True)}
-        self.callback = callback
-        if callback is not None and not futures:
-            callback(self.total, self.total)
-
-    def count(self, succeeded: Iterable[Future[JobResult]]) -> None:
-        """Add the texts of jobs that succeeded and report the new total."""
-        for f in succeeded:
-            self.done += self.sizes[f]
-            if self.callback is not None:
-                self.callback(self.done, self.total)
-
-
-def _cancel(futures: Iterable[Future[Any]]) -> None:
-    for f in futures:
-        f.cancel()
-
-
-def _results(futures: list[Future[JobResult]]) -> list[JobResult]:
-    """Every job's result, or the failure of the earliest failed job (chunks are in index order)."""
-    for f in futures:
-        if not f.cancelled() and f.exception() is not None:
-            raise f.exception()  # type: ignore[misc]
-    if any(f.cancelled() for f in futures):
-        raise EngineClosedError("the request was cancelled before it was served")
-    return [f.result() for f in futures]
-
-
-async def _adrive(steps: Steps) -> Any:
-    """Run a planning generator, letting the event loop run between slices."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
-        await asyncio.sleep(0)

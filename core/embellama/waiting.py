@@ -1,0 +1,134 @@
+"""Waiting for a request's jobs — in the caller's thread or on its event loop — and reporting its progress.
+
+Both waits stop early when a job fails (its not-yet-started siblings are cancelled) and raise the failure of the
+earliest failed job; progress callbacks run in the waiting thread and count only texts of jobs that succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from .errors import EngineClosedError
+from .planning import Plan, Steps
+from .types import JobResult
+
+__all__ = ["ProgressCallback", "Progress", "adrive", "await_jobs", "in_thread", "wait_jobs"]
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` with the texts finished so far, in the caller's thread (or event loop)."""
+
+
+class Progress:
+    """Counts finished texts for a request and reports them in the caller's thread."""
+
+    def __init__(self, plan: Plan, futures: list[Future[JobResult]], callback: ProgressCallback | None) -> None:
+        self.total = plan.n
+        self.done = plan.done_at_start
+        self.sizes = {f: len(c) for f, c in zip(futures, plan.chunks, strict=True)}
+        self.callback = callback
+        if callback is not None and not futures:
+            callback(self.total, self.total)
+
+    def count(self, succeeded: Iterable[Future[JobResult]]) -> None:
+        """Add the texts of jobs that succeeded and report the new total."""
+        for f in succeeded:
+            self.done += self.sizes[f]
+            if self.callback is not None:
+                self.callback(self.done, self.total)
+
+
+def _cancel(futures: Iterable[Future[Any]]) -> None:
+    for f in futures:
+        f.cancel()
+
+
+def _results(futures: list[Future[JobResult]]) -> list[JobResult]:
+    """Every job's result, or the failure of the earliest failed job (chunks are in index order)."""
+    for f in futures:
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+    if any(f.cancelled() for f in futures):
+        raise EngineClosedError("the request was cancelled before it was served")
+    return [f.result() for f in futures]
+
+
+def wait_jobs(futures: list[Future[JobResult]], tracker: Progress | None) -> list[JobResult]:
+    """Wait for a request's jobs in the caller's thread, reporting progress; stop early on a failure."""
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            if _finished(done, tracker):
+                _cancel(pending)
+                concurrent.futures.wait(pending)
+                break
+    except BaseException:
+        _cancel(futures)
+        raise
+    return _results(futures)
+
+
+async def await_jobs(futures: list[Future[JobResult]], tracker: Progress | None) -> list[JobResult]:
+    """:func:`wait_jobs` on an event loop; cancelling the awaiting task cancels the jobs not yet started."""
+    waiting = {asyncio.wrap_future(f): f for f in futures}
+    pending = set(waiting)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for d in done:  # mark failures as seen: the concurrent futures carry them to the caller
+                if not d.cancelled():
+                    d.exception()
+            if _finished([waiting[d] for d in done], tracker):
+                _cancel(waiting[p] for p in pending)
+                if pending:
+                    await asyncio.wait(pending)
+                    for p in pending:
+                        if not p.cancelled():
+                            p.exception()
+                break
+    except BaseException:
+        _cancel(futures)
+        raise
+    return _results(futures)
+
+
+def _finished(done: Iterable[Future[JobResult]], tracker: Progress | None) -> bool:
+    failed = [f for f in done if f.cancelled() or f.exception() is not None]
+    if tracker is not None:
+        tracker.count(f for f in done if f not in failed)
+    return bool(failed)
+
+
+def in_thread(fn: Callable[[], Any], name: str = "embellama-call") -> Future[Any]:
+    """Run ``fn`` on a new daemon thread; the returned future gets its result (await it with ``wrap_future``).
+
+    Used where a blocking step (a model load, joining workers) must not run on an event loop, without borrowing the
+    loop's default executor.
+    """
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+async def adrive(steps: Steps) -> Any:
+    """Run a planning generator, letting the event loop run between slices."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        await asyncio.sleep(0)
