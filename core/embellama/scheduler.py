@@ -65,6 +65,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._items: collections.deque[Any] = collections.deque()
         self._waiters: list[threading.Event] = []
+        self._events = threading.local()  # one reusable event per waiting thread
 
     def put(self, item: Any) -> None:
         """Append ``item`` and wake the newest waiting worker, if any."""
@@ -80,7 +81,7 @@ class JobQueue:
             with self._lock:
                 if self._items:
                     return self._items.popleft()
-                waiter = threading.Event()
+                waiter = self._event()
                 self._waiters.append(waiter)
             remaining = None if deadline is None else deadline - time.monotonic()
             if (remaining is not None and remaining <= 0) or not waiter.wait(remaining):
@@ -90,6 +91,13 @@ class JobQueue:
                         if not self._items:
                             raise queue.Empty
                     # woken (or an item arrived) just as the wait ended: take it on the next pass
+
+    def _event(self) -> threading.Event:
+        event: threading.Event | None = getattr(self._events, "event", None)
+        if event is None:
+            event = self._events.event = threading.Event()
+        event.clear()
+        return event
 
     def get_nowait(self) -> Any:
         """Take the oldest item or raise ``queue.Empty``."""
