@@ -29,7 +29,7 @@ from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
 from .errors import ConfigurationError, EngineClosedError, ModelNotFoundError
-from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request
+from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request, split
 from .scheduler import WorkerPool
 from .texts import validate_text
 from .truncation import call_offset, one_report_per_call, report_truncation
@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_MAX_SPECIAL_TOKENS = 8
+"""More special tokens than any tokenizer adds around a text (BOS/CLS, EOS/SEP, ...)."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -495,9 +498,11 @@ class EmbeddingEngine:
             single=single,
         )
 
-    def _submit(self, model: _Model, plan: Plan, *, check_only: bool = False) -> list[Future[JobResult]]:
+    def _submit(
+        self, model: _Model, plan: Plan, chunks: list[list[int]] | None = None, *, check_only: bool = False
+    ) -> list[Future[JobResult]]:
         futures = []
-        for chunk in plan.chunks:
+        for chunk in plan.chunks if chunks is None else chunks:
             job = Job([plan.texts[i] for i in chunk], plan.collect, plan.job_indices(chunk), check_only=check_only)
             futures.append(job.future)
             model.pool.put(job)
@@ -508,15 +513,21 @@ class EmbeddingEngine:
         info = model.pool.info
         report_truncation(plan, model.config.name, info.max_tokens if info is not None else 0)
 
-    @staticmethod
-    def _strict(model: _Model, plan: Plan) -> bool:
-        """Whether to check a whole request before embedding any of it: strict mode (``truncate=False``) with
-        ``on_error="raise"``, over several jobs (one job is always checked whole before its first decode)."""
-        return not model.config.truncate and not plan.collect and len(plan.chunks) > 1
+    def _to_check(self, model: _Model, plan: Plan) -> list[list[int]]:
+        """Strict mode checks a whole request before embedding any of it (``truncate=False``, ``on_error="raise"``,
+        several jobs: one job is always checked whole before its first decode). Only texts that might exceed the
+        limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus the special tokens."""
+        info = model.pool.info
+        if model.config.truncate or plan.collect or len(plan.chunks) < 2 or info is None:
+            return []
+        fits = info.max_tokens - _MAX_SPECIAL_TOKENS
+        suspects = [i for chunk in plan.chunks for i in chunk if len(plan.texts[i].encode("utf-8")) > fits]
+        return split(suspects, model.config.n_workers, self.config.chunk_size, model.config.max_texts_per_decode)
 
     def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
-        if self._strict(model, plan):
-            wait_jobs(self._submit(model, plan, check_only=True), None)
+        check = self._to_check(model, plan)
+        if check:
+            wait_jobs(self._submit(model, plan, check, check_only=True), None)
         futures = self._submit(model, plan)
         results = wait_jobs(futures, Progress(plan, futures, progress))
         answer = drive(assemble(plan, results, output, self._cache))
@@ -524,8 +535,9 @@ class EmbeddingEngine:
         return answer
 
     async def _arun(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
-        if self._strict(model, plan):
-            await await_jobs(self._submit(model, plan, check_only=True), None)
+        check = self._to_check(model, plan)
+        if check:
+            await await_jobs(self._submit(model, plan, check, check_only=True), None)
         futures = self._submit(model, plan)
         results = await await_jobs(futures, Progress(plan, futures, progress))
         answer = await adrive(assemble(plan, results, output, self._cache))
