@@ -616,10 +616,19 @@ def _wait_until(condition: Any, seconds: float = 5.0) -> bool:
 
 
 def test_dropped_adapters_release_their_models(model_path: Path) -> None:
+    import psutil
+
     gc.collect()
     baseline = len(_embellama_threads())
-    adapters = [
-        EmbellamaEmbeddings(model_path=str(model_path), model_name=f"released-{i}", n_workers=1, dimensions=64 + 32 * i)
+    rss_before = psutil.Process().memory_info().rss
+    adapters = [  # large decode budgets, so each model's context holds measurable compute buffers
+        EmbellamaEmbeddings(
+            model_path=str(model_path),
+            model_name=f"released-{i}",
+            n_workers=1,
+            dimensions=64 + 32 * i,
+            batch_tokens=4096,
+        )
         for i in range(6)
     ]
     for i, adapter in enumerate(adapters):
@@ -627,11 +636,15 @@ def test_dropped_adapters_release_their_models(model_path: Path) -> None:
     names = {adapter.client.model_name for adapter in adapters}
     assert names <= set(shared_engine().models)
     assert len([t for t in _embellama_threads() if t.startswith("embellama-released-")]) == 6
+    grown = psutil.Process().memory_info().rss - rss_before
     del adapter, adapters
     gc.collect()
     assert not names & set(shared_engine().models)
     assert _wait_until(lambda: len(_embellama_threads()) <= baseline), _embellama_threads()
     assert not [t for t in _embellama_threads() if t.startswith("embellama-released-")]
+    released = psutil.Process().memory_info().rss - rss_before
+    print(f"RSS: +{grown / 1e6:.0f} MB with 6 models, +{released / 1e6:.0f} MB after they were released")
+    assert grown > 50e6 and released < grown / 2
 
 
 def test_changing_a_field_releases_the_previous_model(model_path: Path) -> None:
