@@ -627,10 +627,13 @@ def test_dropped_adapters_release_their_models(model_path: Path) -> None:
             model_name=f"released-{i}",
             n_workers=1,
             dimensions=64 + 32 * i,
-            batch_tokens=4096,
+            batch_tokens=1024,
+            max_texts_per_decode=4,
         )
         for i in range(6)
     ]
+    for adapter in adapters:  # one full decode each (4 x 256 tokens), so the buffers are really resident
+        adapter.embed_documents([f"{i} " + "word " * 250 for i in range(4)])
     for i, adapter in enumerate(adapters):
         assert len(adapter.embed_query("x")) == 64 + 32 * i
     names = {adapter.client.model_name for adapter in adapters}

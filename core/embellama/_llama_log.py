@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import sys
 import threading
 from collections import deque
@@ -15,7 +16,7 @@ import llama_cpp
 
 from . import lifecycle
 
-__all__ = ["clear_native_errors", "install_log_handler", "recent_native_errors", "set_echo"]
+__all__ = ["clear_native_errors", "install_log_handler", "measure_buffers", "recent_native_errors", "set_echo"]
 
 logger = logging.getLogger("embellama.llama_cpp")
 
@@ -35,10 +36,29 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     message = text.decode("utf-8", errors="replace")
     if py_level >= logging.ERROR:
         _recent.append(message.strip())
+    sizes = getattr(_buffers, "sizes", None)
+    if sizes is not None and "buffer size" in message:
+        match = _BUFFER.search(message)
+        kind = next((k for k, word in _KINDS if word in message), None)
+        if match and kind is not None:
+            sizes[kind] = sizes.get(kind, 0.0) + float(match.group(1))
     if _state["echo"] > 0:
         print(message, end="", file=sys.stderr, flush=True)
     elif message.strip():
         logger.log(py_level, "%s", message.rstrip())
+
+
+_buffers = threading.local()
+_BUFFER = re.compile(r"buffer size\s*=\s*([0-9.]+) MiB")
+_KINDS = (("kv", "KV"), ("compute", "compute"), ("output", "output"))  # the model (weights) buffer is not counted
+
+
+def measure_buffers() -> dict[str, float]:
+    """Start recording, on this thread, the buffer sizes llama.cpp reports (MiB by kind: compute, kv, output);
+    the returned dict fills as contexts are created here."""
+    sizes: dict[str, float] = {}
+    _buffers.sizes = sizes
+    return sizes
 
 
 def _reset_after_fork() -> None:

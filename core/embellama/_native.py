@@ -76,7 +76,11 @@ class NativeWeights:
         self.model: Any = model
         self.vocab: Any = llama_cpp.llama_model_get_vocab(model)
         self.n_embd = int(llama_cpp.llama_model_n_embd(model))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.add_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
+        self.add_sep = bool(llama_cpp.llama_vocab_get_add_sep(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Token ids of ``text`` (special tokens added as the vocabulary says; special text not parsed)."""
@@ -153,7 +157,8 @@ lifecycle.at_fork_in_child(forget_after_fork)
 
 
 class NativeContext:
-    """A ``llama_context`` for embeddings, sized for one decode of ``n_tokens`` tokens in ``n_seq`` sequences."""
+    """A ``llama_context`` for embeddings: one decode holds ``n_tokens`` tokens of up to ``n_seq`` sequences, and
+    its memory (causal models) ``n_ctx`` tokens (defaults to ``n_tokens``)."""
 
     def __init__(
         self,
@@ -164,9 +169,11 @@ class NativeContext:
         n_threads: int,
         pooling_type: int,
         flash_attn: bool,
+        n_ctx: int | None = None,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = n_tokens
+        params.n_batch = params.n_ubatch = n_tokens
+        params.n_ctx = n_ctx or n_tokens
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = n_threads
         params.embeddings = True
@@ -188,10 +195,15 @@ class NativeContext:
             llama_cpp.llama_set_n_threads(self.ctx, n_threads, n_threads)
             self.n_threads = n_threads
 
-    def run(self, batch: DecodeBatch) -> int:
-        """Decode ``batch``; encoder-only models (no memory) go through ``llama_encode``. Returns llama.cpp's code."""
+    def run(self, batch: DecodeBatch, *, clear: bool = True) -> int:
+        """Decode ``batch``; encoder-only models (no memory) go through ``llama_encode``. Returns llama.cpp's code.
+
+        With ``clear=False`` a causal model keeps what earlier decodes of the same sequences left in its memory
+        (a long text is fed in several decodes, each continuing where the last stopped).
+        """
         if self.memory:
-            llama_cpp.llama_memory_clear(self.memory, True)
+            if clear:
+                llama_cpp.llama_memory_clear(self.memory, True)
             return int(llama_cpp.llama_decode(self.ctx, batch.batch))
         return int(llama_cpp.llama_encode(self.ctx, batch.batch))
 
@@ -232,17 +244,31 @@ class DecodeBatch:
         b.seq_id = ctypes.cast(self.seq_ptrs.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id)))
         b.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
-    def fill(self, sequences: list[npt.NDArray[np.int32]]) -> int:
-        """Put ``sequences`` (one int32 token array each) in the batch as sequences 0..k-1; return token count."""
+    def fill(
+        self,
+        sequences: list[npt.NDArray[np.int32]],
+        *,
+        starts: list[int] | None = None,
+        seq_ids: list[int] | None = None,
+    ) -> int:
+        """Put token runs in the batch and return the token count.
+
+        Args:
+            sequences: One int32 token array per run.
+            starts: Position of each run's first token in its sequence (a continued sequence starts past 0).
+                Defaults to 0 for every run.
+            seq_ids: The sequence each run belongs to. Defaults to 0..k-1.
+        """
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         n = int(lengths.sum())
         if n > self.capacity or len(sequences) > len(self.seq_values):
             raise ValueError(f"batch overflow: {n} tokens / {len(sequences)} sequences")
-        starts = np.cumsum(lengths) - lengths
+        offsets = np.cumsum(lengths) - lengths
+        first = np.zeros(len(sequences), dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
+        ids = np.arange(len(sequences)) if seq_ids is None else np.asarray(seq_ids, dtype=np.int64)
         self.tokens[:n] = np.concatenate(sequences)
-        self.pos[:n] = np.arange(n) - np.repeat(starts, lengths)
-        seq_of_token = np.repeat(np.arange(len(sequences)), lengths)
-        self.seq_ptrs[:n] = self.seq_values.ctypes.data + 4 * seq_of_token
+        self.pos[:n] = np.arange(n) - np.repeat(offsets - first, lengths)
+        self.seq_ptrs[:n] = self.seq_values.ctypes.data + 4 * np.repeat(ids, lengths)
         self.batch.n_tokens = n
         return n
 

@@ -218,7 +218,7 @@ class EmbeddingClient(FromPretrained):
         else:
             engine, name = self.ensure_loaded()
             config = engine.model_config(name)
-        pooling, normalize, dims, truncate, max_tokens = config.output_options()
+        pooling, normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
         prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
         parts = [
             "embellama",
@@ -227,7 +227,8 @@ class EmbeddingClient(FromPretrained):
             str(pooling),
             f"norm{int(normalize)}",
             f"dims{dims or 'all'}",
-            f"trunc{int(truncate)}",
+            f"long-{long_texts}",
+            f"eos{'-model' if add_eos is None else int(add_eos)}",
             f"max{max_tokens or 'model'}",
             f"{role}-{prompt}",
         ]

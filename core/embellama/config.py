@@ -31,6 +31,7 @@ __all__ = [
 LLAMA_MAX_SEQ = 256
 
 Isolation = Literal["thread", "process"]
+LongTextMode = Literal["raise", "truncate", "mean"]
 
 
 class Pooling(str, Enum):
@@ -170,6 +171,20 @@ class ModelConfig:
     child's load. ``None`` waits forever. In-process (``isolation="thread"``) a native call cannot be
     interrupted, so this does not apply there. Defaults to 300."""
 
+    long_text_mode: LongTextMode | None = None
+    """What happens to a text over the input limit: ``"raise"`` (:class:`~embellama.errors.InvalidInputError`),
+    ``"truncate"`` (cut to the limit, keeping the closing special token) or ``"mean"`` (cut into chunks at token
+    boundaries, embed each, average them weighted by length — gpt4all's ``long_text_mode="mean"``). Defaults to
+    what ``truncate`` says."""
+
+    prompts: dict[str, str] | None = None
+    """Named prompts (sentence-transformers' convention); ``"query"`` and ``"document"`` are what RAG adapters use.
+    Defaults to the model family's (see :mod:`embellama.families`); ``{}`` means none."""
+
+    add_eos: bool | None = None
+    """Append the end-of-sequence token to every input (last-token embedders such as Qwen3-Embedding need it).
+    Defaults to the model family's rule, else the GGUF tokenizer's."""
+
     verbose: bool = False
     """Let llama.cpp print its own log to stderr. Defaults to False."""
 
@@ -206,6 +221,18 @@ class ModelConfig:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
         ):
             raise ConfigurationError(f"request_timeout must be a positive number of seconds or None, got {timeout!r}")
+        if self.long_text_mode not in (None, "raise", "truncate", "mean"):
+            raise ConfigurationError(
+                f"long_text_mode must be 'raise', 'truncate' or 'mean', got {self.long_text_mode!r}"
+            )
+        if self.prompts is not None:
+            if not isinstance(self.prompts, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+            ):
+                raise ConfigurationError(f"prompts must map prompt names to strings, got {self.prompts!r}")
+            object.__setattr__(self, "prompts", dict(self.prompts))
+        if self.add_eos is not None and not isinstance(self.add_eos, bool):
+            raise ConfigurationError(f"add_eos must be a bool or None, got {self.add_eos!r}")
         for flag in ("normalize", "truncate", "use_mmap", "flash_attn", "verbose"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -225,10 +252,25 @@ class ModelConfig:
         """Return a copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def output_options(self) -> tuple[str, bool, int | None, bool, int | None]:
+    @property
+    def long_texts(self) -> LongTextMode:
+        """The over-long text policy after defaulting (``long_text_mode``, else ``truncate``)."""
+        if self.long_text_mode is not None:
+            return self.long_text_mode
+        return "truncate" if self.truncate else "raise"
+
+    def output_options(self) -> tuple[str, bool, int | None, bool, int | None, str, bool | None]:
         """The options that change a text's vector; part of every cache key."""
         assert isinstance(self.pooling, Pooling)
-        return (self.pooling.value, self.normalize, self.dimensions, self.truncate, self.max_tokens)
+        return (
+            self.pooling.value,
+            self.normalize,
+            self.dimensions,
+            self.truncate,
+            self.max_tokens,
+            self.long_texts,
+            self.add_eos,
+        )
 
 
 def _model_options() -> dict[str, Any]:

@@ -518,7 +518,7 @@ class EmbeddingEngine:
         several jobs: one job is always checked whole before its first decode). Only texts that might exceed the
         limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus the special tokens."""
         info = model.pool.info
-        if model.config.truncate or plan.collect or len(plan.chunks) < 2 or info is None:
+        if model.config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
             return []
         fits = info.max_tokens - _MAX_SPECIAL_TOKENS
         suspects = [i for chunk in plan.chunks for i in chunk if len(plan.texts[i].encode("utf-8")) > fits]

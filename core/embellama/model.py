@@ -26,10 +26,12 @@ from . import _llama_log, _native
 from .batching import plan_decodes
 from .config import ModelConfig, Pooling
 from .errors import ConfigurationError, EmbeddingError, EmbellamaError, InvalidInputError, ModelLoadError
+from .families import ModelFamily, detect_family, is_causal
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, read_header
 from .identity import file_fingerprint, file_identity
 from .pooling import pool_tokens, postprocess
 from .rounds import Prepared
+from .sizing import ENCODER_DEFAULT_LIMIT, DecodeShape, check_memory, decode_shape, estimate_memory
 from .texts import validate_text
 from .types import ModelInfo
 from .wordpiece import WordPieceTokenizer
@@ -55,6 +57,14 @@ _llama_log.install_log_handler()
 _PLAIN_ASCII = re.compile(r"[\x20-\x7e\t\n\r]*")
 
 
+def _vocab_size(header: GGUFHeader) -> int:
+    tokens = header.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list):
+        return len(tokens)
+    match = re.fullmatch(r"<array\[(\d+)\]>", str(tokens))
+    return int(match.group(1)) if match else 0
+
+
 class EmbeddingModel:
     """One loaded GGUF embedding model.
 
@@ -76,6 +86,11 @@ class EmbeddingModel:
         self._size = 0
         self._fingerprint = ""
         self._wordpiece_tokenizer: WordPieceTokenizer | None = None
+        self._family: ModelFamily | None = None
+        self._shape: DecodeShape | None = None
+        self._native_pooling = True
+        self._add_eos: bool | None = None
+        self._buffers_mib: dict[str, float] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def load(self) -> EmbeddingModel:
@@ -111,24 +126,37 @@ class EmbeddingModel:
             raise ConfigurationError(
                 f"n_gpu_layers={cfg.n_gpu_layers} but this llama-cpp-python build has no GPU support; use 0"
             )
-        pooling = self._resolve_pooling(header)
+        family = detect_family(header.metadata)
+        pooling = self._resolve_pooling(header, family)
         file_type = header.metadata.get("general.file_type")
         if file_type is not None and file_type not in _UNQUANTIZED_FILE_TYPES and cfg.isolation == "thread":
             risk = _native.amx_crash_risk()
             if risk:
                 raise ModelLoadError(f"refusing to load quantized model {path.name}: {risk}")
+        self._check_dimensions(family)
         limit = self._input_limit(header)
-        budget = max(cfg.batch_tokens, limit)
-        n_seq = min(cfg.max_texts_per_decode, budget)
-        # llama.cpp reserves its graph with n_ubatch / n_seq_max tokens per sequence; unless that divides evenly,
-        # native pooling trips GGML_ASSERT(ggml_can_mul_mat) at context creation (found by test_broken_models)
-        budget = -(-budget // n_seq) * n_seq
+        shape = decode_shape(
+            causal=is_causal(header.metadata),
+            limit=limit,
+            batch_tokens=cfg.batch_tokens,
+            max_texts=cfg.max_texts_per_decode,
+            n_vocab=_vocab_size(header),
+        )
+        check_memory(
+            cfg.name,
+            estimate_memory(header.metadata, shape, flash_attn=cfg.flash_attn),
+            n_workers=cfg.n_workers,
+            limit=limit,
+        )
+        # decoders pool in numpy (a text may span several decodes); encoders natively where llama.cpp can
+        native = pooling.is_native and not shape.causal
         identity = file_identity(path)
         fingerprint = file_fingerprint(path)
         _llama_log.clear_native_errors()
         weights: _native.NativeWeights | None = None
         if cfg.verbose:
             _llama_log.set_echo(True)
+        buffers = _llama_log.measure_buffers()
         try:
             weights = _native.acquire_weights(path, identity, cfg.n_gpu_layers, cfg.use_mmap)
             if file_identity(path) != identity:
@@ -137,10 +165,11 @@ class EmbeddingModel:
                 raise ConfigurationError(f"dimensions={cfg.dimensions} exceeds the model's {weights.n_embd} dimensions")
             context = _native.NativeContext(
                 weights,
-                n_tokens=budget,
-                n_seq=n_seq,
+                n_tokens=shape.n_ubatch,
+                n_seq=shape.n_seq,
+                n_ctx=shape.n_ctx,
                 n_threads=cfg.threads,
-                pooling_type=_LLAMA_POOLING[pooling],
+                pooling_type=_LLAMA_POOLING[pooling] if native else llama_cpp.LLAMA_POOLING_TYPE_NONE,
                 flash_attn=cfg.flash_attn,
             )
         except BaseException as exc:
@@ -155,17 +184,25 @@ class EmbeddingModel:
                 f"llama.cpp could not load {path}: {exc}" + (f" ({detail})" if detail else "")
             ) from None
         self._weights, self._context, self._header, self._pooling = weights, context, header, pooling
-        self._batch = _native.DecodeBatch(budget, n_seq)
-        self._n_embd, self._limit, self._budget = weights.n_embd, limit, budget
+        self._family, self._shape, self._native_pooling = family, shape, native
+        self._buffers_mib = dict(buffers)
+        self._batch = _native.DecodeBatch(shape.n_ubatch, shape.n_seq)
+        self._n_embd, self._limit, self._budget = weights.n_embd, limit, shape.n_ctx
         self._size, self._fingerprint = identity.size, fingerprint
+        self._add_eos = cfg.add_eos if cfg.add_eos is not None else family.add_eos
+        if self._add_eos is None:
+            self._add_eos = weights.add_eos
         logger.debug(
-            "loaded %s (%s, %d dims, limit %d tokens, pooling %s, %d threads)",
+            "loaded %s (%s, family %s, %s, %d dims, limit %d tokens, pooling %s, %d threads, buffers %s MiB)",
             path.name,
             header.architecture,
+            family.name,
+            "causal" if shape.causal else "bidirectional",
             self._n_embd,
             limit,
             pooling.value,
             cfg.threads,
+            self._buffers_mib,
         )
 
     def unload(self) -> None:
@@ -280,7 +317,38 @@ class EmbeddingModel:
             n_workers=cfg.n_workers,
             n_threads=cfg.threads,
             isolation=cfg.isolation,
+            family=self.family.name,
+            causal=self.causal,
+            prompts=dict(self.prompts),
+            add_eos=bool(self._add_eos),
+            context_mib=round(sum(self._buffers_mib.values()), 1),
         )
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family detected from the GGUF's metadata (see :mod:`embellama.families`)."""
+        self._require()
+        assert self._family is not None
+        return self._family
+
+    @property
+    def causal(self) -> bool:
+        """Whether the model attends causally (a decoder); encoders attend both ways."""
+        self._require()
+        assert self._shape is not None
+        return self._shape.causal
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Named prompts in effect: the configuration's, else the family's."""
+        if self.config.prompts is not None:
+            return dict(self.config.prompts)
+        return dict(self.family.prompts)
+
+    @property
+    def buffers_mib(self) -> dict[str, float]:
+        """What llama.cpp allocated for this instance's context, by kind (compute, kv, output), in MiB."""
+        return dict(self._buffers_mib)
 
     # ----------------------------------------------------------------- tokens
     def tokenize(self, text: str) -> list[int]:
@@ -293,8 +361,14 @@ class EmbeddingModel:
         weights = self._require()
         assert self._header is not None
         if self._header.metadata.get("tokenizer.ggml.model") == "bert" and not _PLAIN_ASCII.fullmatch(text):
-            return self._wordpiece().encode(text)
-        return weights.tokenize(text)
+            tokens = self._wordpiece().encode(text)
+        else:
+            tokens = weights.tokenize(text)
+        if self._add_eos and not weights.add_eos and weights.eos >= 0:
+            tokens.append(weights.eos)  # e.g. Qwen3-Embedding GGUFs that do not set add_eos_token
+        elif self._add_eos is False and weights.add_eos and tokens and tokens[-1] == weights.eos:
+            tokens.pop()
+        return tokens
 
     def _wordpiece(self) -> WordPieceTokenizer:
         if self._wordpiece_tokenizer is None:  # built on first use: ~0.2 s for a 30k vocabulary
@@ -325,28 +399,43 @@ class EmbeddingModel:
             raise exc.at_index(index) if index is not None else exc from None
 
     def prepare_input(self, text: str) -> Prepared:
-        """The model contract's first step: tokens for one text after the length policy, and the count before it.
+        """The model contract's first step: tokens for one text after the long-text policy, and the count before.
 
         Raises:
-            InvalidInputError: empty after tokenization, or over the limit with ``truncate=False`` (no index).
+            InvalidInputError: empty after tokenization, or over the limit with ``long_text_mode="raise"`` (no
+                index).
         """
         tokens = self.tokenize(text)
         n_tokens = len(tokens)
         if not tokens:
             raise InvalidInputError("text produces no tokens", model_name=self.config.name)
-        if len(tokens) > self._limit:
-            if not self.config.truncate:
-                raise InvalidInputError(
-                    f"{len(tokens)} tokens exceed the model's limit of {self._limit} "
-                    "(pass truncate=True to cut long inputs)",
-                    n_tokens=len(tokens),
-                    limit=self._limit,
-                    model_name=self.config.name,
-                )
-            assert self._weights is not None
-            add_eos = self._weights.add_eos
-            tokens = tokens[: self._limit - 1] + tokens[-1:] if add_eos else tokens[: self._limit]
-        return Prepared(np.asarray(tokens, dtype=np.int32), n_tokens)
+        if n_tokens <= self._limit:
+            return Prepared(np.asarray(tokens, dtype=np.int32), n_tokens)
+        mode = self.config.long_texts
+        if mode == "raise":
+            raise InvalidInputError(
+                f"{n_tokens} tokens exceed the model's limit of {self._limit} "
+                "(pass truncate=True to cut long inputs, or long_text_mode='mean' to average their chunks)",
+                n_tokens=n_tokens,
+                limit=self._limit,
+                model_name=self.config.name,
+            )
+        head, body, tail = self._split_specials(tokens)
+        room = self._limit - len(head) - len(tail)
+        if room < 1:  # a limit shorter than the special tokens: keep the closing ones
+            return Prepared(np.asarray((head + tail)[-self._limit :], dtype=np.int32), n_tokens)
+        if mode == "truncate":
+            return Prepared(np.asarray(head + body[:room] + tail, dtype=np.int32), n_tokens)
+        chunks = tuple(np.asarray(head + body[i : i + room] + tail, dtype=np.int32) for i in range(0, len(body), room))
+        return Prepared(chunks[0], n_tokens, chunks)
+
+    def _split_specials(self, tokens: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """Leading BOS/[CLS] and closing EOS/[SEP] tokens, kept on every cut or chunk, and the text between."""
+        weights = self._weights
+        assert weights is not None
+        head = tokens[:1] if weights.add_bos and tokens[0] == weights.bos else []
+        tail = tokens[-1:] if (self._add_eos or weights.add_sep) and len(tokens) > len(head) else []
+        return head, tokens[len(head) : len(tokens) - len(tail)], tail
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
         """Group prepared texts into decodes that fit this instance's context."""
@@ -354,31 +443,78 @@ class EmbeddingModel:
         return plan_decodes(lengths, max_tokens=self._budget, max_texts=len(self._batch.seq_values))
 
     def forward(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        """Run one decode of ``sequences`` (from :meth:`plan`): one pooled, not yet normalized row each."""
+        """Run one group of ``sequences`` (from :meth:`plan`): one pooled, not yet normalized row each.
+
+        An encoder sees the group in one decode. A decoder's group is fed in decodes of ``n_ubatch`` tokens, each
+        continuing the sequences where the last one stopped (their memory holds the rest), and its token
+        embeddings are pooled here.
+        """
         context, batch, pooling = self._context, self._batch, self._pooling
-        if context is None or batch is None or pooling is None:
+        if context is None or batch is None or pooling is None or self._shape is None:
             raise EmbeddingError(f"model {self.config.name!r} is not loaded")
+        dim = self._n_embd
+        rows: npt.NDArray[np.float32] = np.empty((len(sequences), dim), dtype=np.float32)
+        if self._shape.causal:
+            for i, tokens in enumerate(self._stream(context, batch, sequences)):
+                rows[i] = pool_tokens(tokens, pooling)
+            return rows
         n = batch.fill(sequences)
         rc = context.run(batch)
         if rc != 0:
             raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(sequences)} texts)")
-        dim = self._n_embd
-        rows = np.empty((len(sequences), dim), dtype=np.float32)
-        if pooling.is_native:
+        if self._native_pooling:
             for i in range(len(sequences)):
                 row = context.sequence_embedding(i, dim)
                 if row is None:
                     raise EmbeddingError(f"llama.cpp returned no embedding for sequence {i}")
                 rows[i] = row
             return rows
-        tokens = context.token_embeddings(n, dim)
-        if tokens is None:
+        embedded = context.token_embeddings(n, dim)
+        if embedded is None:
             raise EmbeddingError("llama.cpp returned no token embeddings")
         start = 0
         for i, seq in enumerate(sequences):
-            rows[i] = pool_tokens(tokens[start : start + len(seq)], pooling)
+            rows[i] = pool_tokens(embedded[start : start + len(seq)], pooling)
             start += len(seq)
         return rows
+
+    def _stream(
+        self, context: _native.NativeContext, batch: _native.DecodeBatch, sequences: list[npt.NDArray[np.int32]]
+    ) -> list[npt.NDArray[np.float32]]:
+        """Feed a decoder's group in decodes of at most ``n_ubatch`` tokens; return each sequence's token
+        embeddings."""
+        dim, capacity = self._n_embd, batch.capacity
+        out = [np.empty((len(s), dim), dtype=np.float32) for s in sequences]
+        cursor = [0] * len(sequences)
+        first = True
+        while any(c < len(s) for c, s in zip(cursor, sequences, strict=True)):
+            runs: list[npt.NDArray[np.int32]] = []
+            starts: list[int] = []
+            ids: list[int] = []
+            room = capacity
+            for i, seq in enumerate(sequences):
+                if room == 0:
+                    break
+                take = min(room, len(seq) - cursor[i])
+                if take > 0:
+                    runs.append(seq[cursor[i] : cursor[i] + take])
+                    starts.append(cursor[i])
+                    ids.append(i)
+                    room -= take
+            n = batch.fill(runs, starts=starts, seq_ids=ids)
+            rc = context.run(batch, clear=first)
+            first = False
+            if rc != 0:
+                raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(runs)} runs)")
+            embedded = context.token_embeddings(n, dim)
+            if embedded is None:
+                raise EmbeddingError("llama.cpp returned no token embeddings")
+            offset = 0
+            for run, start, i in zip(runs, starts, ids, strict=True):
+                out[i][start : start + len(run)] = embedded[offset : offset + len(run)]
+                offset += len(run)
+                cursor[i] = start + len(run)
+        return out
 
     def postprocess(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Matryoshka truncation, then L2 normalization, as configured."""
@@ -404,13 +540,15 @@ class EmbeddingModel:
             self._context.set_threads(n_threads)
 
     # ----------------------------------------------------------------- config resolution
-    def _resolve_pooling(self, header: GGUFHeader) -> Pooling:
+    def _resolve_pooling(self, header: GGUFHeader, family: ModelFamily) -> Pooling:
         requested = Pooling.parse(self.config.pooling)
         if requested is not Pooling.MODEL:
             return requested
         value = int(header.arch_value("pooling_type") or 0)
         if value == 4:
             raise ModelLoadError(f"{header.architecture} model uses RANK pooling (a reranker), not embeddings")
+        if family.pooling is not None and (family.override_gguf_pooling or value not in _GGUF_POOLING):
+            return Pooling.parse(family.pooling)
         if value not in _GGUF_POOLING:
             raise ConfigurationError(
                 f"the model records no pooling type ({header.architecture}); pass pooling= one of "
@@ -418,9 +556,29 @@ class EmbeddingModel:
             )
         return _GGUF_POOLING[value]
 
+    def _check_dimensions(self, family: ModelFamily) -> None:
+        dims = self.config.dimensions
+        if dims is not None and family.dimensions and dims not in family.dimensions:
+            logger.warning(
+                "dimensions=%d is not one of the sizes %s family %r was trained for (Matryoshka): quality may drop",
+                dims,
+                list(family.dimensions),
+                family.name,
+            )
+
     def _input_limit(self, header: GGUFHeader) -> int:
-        recorded = header.metadata.get(MAX_SEQ_LENGTH_KEY) or header.arch_value("context_length")
-        limit = int(recorded) if recorded else self.config.batch_tokens
+        """The input limit: max_tokens if given, else the recorded max_seq_length, else the training context capped
+        at :data:`~embellama.sizing.ENCODER_DEFAULT_LIMIT` (a 32k-context decoder is not given 32k per text)."""
+        trained = header.arch_value("context_length")
+        recorded = header.metadata.get(MAX_SEQ_LENGTH_KEY)
+        if recorded:
+            limit = int(recorded)
+        elif trained:
+            limit = int(trained)
+            if self.config.max_tokens is None:
+                return min(limit, ENCODER_DEFAULT_LIMIT)
+        else:
+            limit = self.config.batch_tokens
         if self.config.max_tokens is not None:
             if self.config.max_tokens > limit:
                 raise ConfigurationError(

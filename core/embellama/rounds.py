@@ -36,6 +36,8 @@ class Prepared(NamedTuple):
     tokens: npt.NDArray[np.int32]
     n_tokens: int
     """Token count before the length policy: more than ``len(tokens)`` when the text was cut."""
+    chunks: tuple[npt.NDArray[np.int32], ...] | None = None
+    """With ``long_text_mode="mean"``: the pieces of an over-long text, whose rows are averaged (by length)."""
 
 
 class EncoderModel(Protocol):
@@ -85,19 +87,19 @@ def run_round(
     owners: list[tuple[int, int]] = []  # per prepared sequence: (job, position in job)
     for job_index, (texts, collect, indices, check_only) in enumerate(payloads):
         errors: dict[int, InvalidInputError] = {}
-        prepared: list[tuple[int, npt.NDArray[np.int32]]] = []
+        prepared: list[tuple[int, Prepared]] = []
         truncated: dict[int, int] = {}
         for position, text in enumerate(texts):
             try:
-                tokens, n_tokens = model.prepare_input(text)
+                ready = model.prepare_input(text)
             except InvalidInputError as exc:
                 errors[position] = exc.at_index(indices[position], text)
                 if not collect:
                     break
                 continue
-            prepared.append((position, tokens))
-            if n_tokens > len(tokens):
-                truncated[position] = n_tokens
+            prepared.append((position, ready))
+            if ready.chunks is None and ready.n_tokens > len(ready.tokens):
+                truncated[position] = ready.n_tokens
         if errors and not collect:
             outcomes.append(next(iter(errors.values())))
             continue
@@ -105,9 +107,10 @@ def run_round(
         outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated))
         if check_only:
             continue
-        for position, tokens in prepared:
-            sequences.append(tokens)
-            owners.append((job_index, position))
+        for position, ready in prepared:
+            for tokens in ready.chunks or (ready.tokens,):
+                sequences.append(tokens)
+                owners.append((job_index, position))
     if not sequences:
         return outcomes
     raw: npt.NDArray[np.float32] | None = None
@@ -131,10 +134,22 @@ def run_round(
             on_decode()
     if raw is None:
         return outcomes
-    done = [i for i, (job, _) in enumerate(owners) if isinstance(outcomes[job], JobResult)]
-    vectors = model.postprocess(raw[done]) if done else raw[:0]
-    for row, i in zip(vectors, done, strict=True):
-        job, position = owners[i]
+    # one row per text: the rows of a text's chunks (long_text_mode="mean") are averaged, weighted by length
+    texts_done: dict[tuple[int, int], list[int]] = {}
+    for i, (job, position) in enumerate(owners):
+        if isinstance(outcomes[job], JobResult):
+            texts_done.setdefault((job, position), []).append(i)
+    if not texts_done:
+        return outcomes
+    combined = np.stack(
+        [
+            raw[parts[0]]
+            if len(parts) == 1
+            else np.average(raw[parts], axis=0, weights=[len(sequences[i]) for i in parts]).astype(np.float32)
+            for parts in texts_done.values()
+        ]
+    )
+    for row, (job, position) in zip(model.postprocess(combined), texts_done, strict=True):
         result = outcomes[job]
         assert isinstance(result, JobResult)
         result.vectors[position] = row

@@ -37,6 +37,16 @@ class ModelInfo:
     n_workers: int
     n_threads: int
     isolation: str
+    family: str = ""
+    """The model family detected from the GGUF (see :mod:`embellama.families`)."""
+    causal: bool = False
+    """Decoder (causal attention) rather than encoder."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Named prompts in effect (``"query"`` / ``"document"`` for RAG roles)."""
+    add_eos: bool = False
+    """Whether an end-of-sequence token ends every input."""
+    context_mib: float = 0.0
+    """Memory llama.cpp allocated for one context (compute buffers, KV cache, outputs), in MiB."""
 
 
 @dataclass
