@@ -55,11 +55,13 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
     engine: EmbeddingEngine | None = Field(default=None, exclude=True)
     """An existing ``embellama.EmbeddingEngine`` to share. Defaults to the process-wide shared engine."""
 
-    query_instruction: str = ""
-    """Prefix added to every query, e.g. ``"query: "`` (E5) or ``"search_query: "`` (nomic)."""
+    query_instruction: str | None = None
+    """Prefix added to every query, e.g. ``"query: "`` (E5). Defaults to the model family's query prompt
+    (Qwen3-Embedding, EmbeddingGemma, nomic, E5, bge presets); ``""`` means none."""
 
-    document_instruction: str = ""
-    """Prefix added to every document, e.g. ``"passage: "`` (E5) or ``"search_document: "`` (nomic)."""
+    document_instruction: str | None = None
+    """Prefix added to every document, e.g. ``"passage: "`` (E5). Defaults to the model family's document prompt;
+    ``""`` means none."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
     """Kept for compatibility: embellama's engine plans and splits every request itself."""

@@ -69,8 +69,12 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
     model_config = ConfigDict(extra="forbid")
 
     model_path: str | None = Field(default=None, description="Path to the GGUF file.")
-    query_instruction: str = Field(default="", description="Prefix added to every query, e.g. 'query: '.")
-    text_instruction: str = Field(default="", description="Prefix added to every text (document), e.g. 'passage: '.")
+    query_instruction: str | None = Field(
+        default=None, description="Prefix added to every query, e.g. 'query: '. Defaults to the model family's."
+    )
+    text_instruction: str | None = Field(
+        default=None, description="Prefix added to every text (document), e.g. 'passage: '. Defaults to the family's."
+    )
 
     _engine: EmbeddingEngine | None = PrivateAttr(default=None)
     _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
@@ -81,8 +85,8 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
         *,
         model_name: str | None = None,
         engine: EmbeddingEngine | None = None,
-        query_instruction: str = "",
-        text_instruction: str = "",
+        query_instruction: str | None = None,
+        text_instruction: str | None = None,
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         preload: bool = False,
         **kwargs: Any,

@@ -14,6 +14,7 @@ from .config import ModelConfig, Pooling
 from .default_model import default_model_path
 from .engine import EmbeddingEngine
 from .errors import EmbellamaError
+from .families import detect_family, is_causal
 from .gguf import read_header
 
 __all__ = ["main"]
@@ -83,9 +84,17 @@ def _cmd_info(ns: argparse.Namespace) -> int:
         "embedding_length": header.arch_value("embedding_length"),
         "context_length": header.arch_value("context_length"),
         "pooling_type": header.arch_value("pooling_type"),
-        "causal": header.arch_value("attention.causal"),
+        "causal": is_causal(header.metadata),
         "file_type": header.metadata.get("general.file_type"),
         "max_seq_length": header.metadata.get("embellama.max_seq_length"),
+    }
+    family = detect_family(header.metadata)
+    summary["family"] = {
+        "name": family.name,
+        "pooling": family.pooling,
+        "add_eos": family.add_eos,
+        "prompts": family.prompts,
+        "dimensions": list(family.dimensions),
     }
     if ns.all:
         summary["metadata"] = header.metadata

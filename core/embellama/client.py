@@ -27,7 +27,8 @@ from .config import MODEL_OPTIONS, ModelConfig
 from .default_model import DEFAULT_MODEL_FILE, cache_dir, default_model_path
 from .engine import EmbeddingEngine, ProgressCallback, in_thread
 from .errors import ConfigurationError, InvalidInputError
-from .gguf import file_fingerprint
+from .families import detect_family
+from .gguf import file_fingerprint, read_header
 from .hub import FromPretrained
 from .planning import OnError
 from .types import BatchResult, ModelInfo
@@ -64,9 +65,9 @@ def model_path_from_env() -> str | None:
     return os.environ.get(MODEL_PATH_ENV) or None
 
 
-def _check_instruction(name: str, value: object) -> str:
+def _check_instruction(name: str, value: object) -> str | None:
     if value is None:
-        return ""
+        return None
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be a string, got {value!r}")
     return value
@@ -85,8 +86,10 @@ class EmbeddingClient(FromPretrained):
         model_name: With ``engine`` and no ``model_path``: the name of a model already loaded there. Otherwise the
             name the model is registered under (a model with the same file and options keeps its existing name).
         batch_size: Kept for compatibility: the engine plans and splits every request itself. Defaults to 64.
-        query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to none.
-        document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to none.
+        query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to the model
+            family's query prompt (see :mod:`embellama.families`), if any; ``""`` means none.
+        document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to the model
+            family's document prompt, if any; ``""`` means none.
         show_progress: Show a tqdm progress bar while embedding documents. Defaults to False.
         on_error: ``"raise"`` (default): a bad text fails the call, naming its index. ``"collect"``: every valid
             text gets its vector and each bad one ``None``; the errors are in :attr:`last_errors` and logged.
@@ -106,8 +109,8 @@ class EmbeddingClient(FromPretrained):
         engine: EmbeddingEngine | None = None,
         model_name: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        query_instruction: str | None = "",
-        document_instruction: str | None = "",
+        query_instruction: str | None = None,
+        document_instruction: str | None = None,
         show_progress: bool = False,
         on_error: OnError = "raise",
         preload: bool = False,
@@ -202,15 +205,31 @@ class EmbeddingClient(FromPretrained):
         ``CacheBackedEmbeddings`` namespace with any byte store, ``LocalFileStore`` included. Does not load the
         model (the file is hashed once per file identity).
         """
-        return self._namespace("doc", self.document_instruction)
+        return self._namespace("doc", self.document_instruction, "document")
 
     @property
     def query_namespace(self) -> str:
         """Like :attr:`namespace`, for query vectors: it follows the query instruction instead (e.g. LangChain's
         ``CacheBackedEmbeddings(query_embedding_cache=...)``)."""
-        return self._namespace("query", self.query_instruction)
+        return self._namespace("query", self.query_instruction, "query")
 
-    def _namespace(self, role: str, instruction: str) -> str:
+    def role_prompt(self, role: str) -> str:
+        """The prefix put in front of texts of ``role`` (``"query"`` or ``"document"``): this client's
+        instruction when set, else the model's prompt for the role (its family's preset), else none."""
+        instruction = self.query_instruction if role == "query" else self.document_instruction
+        if instruction is not None:
+            return instruction
+        if self._loaded is not None and not self._loaded[0].is_closed:
+            return self._loaded[0].model_info(self._loaded[1]).prompts.get(role, "")
+        assert self.config is not None
+        if self._builds_default:
+            default_model_path()
+        if self.config.prompts is not None:
+            return self.config.prompts.get(role, "")
+        return detect_family(read_header(self.config.model_path).metadata).prompts.get(role, "")
+
+    def _namespace(self, role: str, instruction: str | None, prompt_role: str) -> str:
+        instruction = self.role_prompt(prompt_role) if instruction is None else instruction
         if self.config is not None:
             if self._builds_default:
                 default_model_path()
@@ -298,28 +317,28 @@ class EmbeddingClient(FromPretrained):
         engine, name = self.ensure_loaded()
         with self._progress(texts) as progress:
             result = engine.embed_batch(
-                name, _prefixed(texts, self.document_instruction), progress=progress, on_error=self.on_error
+                name, texts, progress=progress, on_error=self.on_error, prompt=self.role_prompt("document")
             )
         return self._vectors(result)
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one query (with the query instruction)."""
+        """Embed one query (with the query instruction, or the model's query prompt)."""
         engine, name = self.ensure_loaded()
-        return engine.embed(name, _prefixed_one(text, self.query_instruction))
+        return engine.embed(name, text, prompt=self.role_prompt("query"))
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`: awaits the model thread, never blocks the loop or uses an executor."""
         engine, name = await self.aensure_loaded()
         with self._progress(texts) as progress:
             result = await engine.aembed_batch(
-                name, _prefixed(texts, self.document_instruction), progress=progress, on_error=self.on_error
+                name, texts, progress=progress, on_error=self.on_error, prompt=self.role_prompt("document")
             )
         return self._vectors(result)
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`."""
         engine, name = await self.aensure_loaded()
-        return await engine.aembed(name, _prefixed_one(text, self.query_instruction))
+        return await engine.aembed(name, text, prompt=self.role_prompt("query"))
 
     def _vectors(self, result: Any) -> list[Any]:
         if not isinstance(result, BatchResult):
@@ -413,17 +432,6 @@ def _default_model_file() -> Path:
 def _names_a_file(name: str) -> bool:
     """Whether a ``model_name`` is really a path to a GGUF file."""
     return name.lower().endswith(".gguf") or os.sep in name or Path(name).expanduser().is_file()
-
-
-def _prefixed(texts: Sequence[str], prefix: str) -> Sequence[str]:
-    """``texts`` with ``prefix`` in front of each str (other items are left for the engine to report)."""
-    if not prefix or texts is None or isinstance(texts, (str, bytes)):
-        return texts
-    return [prefix + t if isinstance(t, str) else t for t in texts]
-
-
-def _prefixed_one(text: str, prefix: str) -> str:
-    return prefix + text if prefix and isinstance(text, str) else text
 
 
 class ClientSlot:

@@ -68,6 +68,22 @@ class _Model:
         return self.pool.info is not None and not self.pool.stopping.is_set()
 
 
+def _prompt(info: ModelInfo, prompt: str | None, prompt_name: str | None) -> str:
+    """The text put in front of every input: ``prompt``, else the model's prompt named ``prompt_name``."""
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise ConfigurationError(f"prompt must be a string, got {prompt!r}")
+        return prompt
+    if prompt_name is None:
+        return ""
+    if prompt_name not in info.prompts:
+        raise ConfigurationError(
+            f"model {info.name!r} has no prompt named {prompt_name!r}; its prompts: {sorted(info.prompts)} "
+            "(set ModelConfig(prompts=...) or pass prompt=...)"
+        )
+    return info.prompts[prompt_name]
+
+
 def _stop_pools(models: dict[str, _Model]) -> None:
     """Finalizer of an engine dropped while open: ask its workers to stop (they unload on their own threads)."""
     for model in list(models.values()):
@@ -229,14 +245,48 @@ class EmbeddingEngine:
 
     # ------------------------------------------------------------------ sync API
     @overload
-    def embed(self, name: str, text: str, *, output: Literal["list"] = ...) -> list[float]: ...
+    def embed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Literal["list"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+    ) -> list[float]: ...
     @overload
-    def embed(self, name: str, text: str, *, output: Literal["numpy"]) -> FloatArray: ...
+    def embed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Literal["numpy"],
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+    ) -> FloatArray: ...
 
-    def embed(self, name: str, text: str, *, output: Output = "list") -> Any:
-        """Embed one text: a ``list[float]`` (or a 1-D array with ``output="numpy"``)."""
+    def embed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Output = "list",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> Any:
+        """Embed one text: a ``list[float]`` (or a 1-D array with ``output="numpy"``).
+
+        Args:
+            name: A loaded model's name.
+            text: The text.
+            output: ``"list"`` or ``"numpy"``.
+            prompt: Put in front of the text (e.g. ``"query: "``). Defaults to none.
+            prompt_name: Use the model's named prompt (``"query"``, ``"document"``, ...; see
+                ``ModelInfo.prompts``) when ``prompt`` is not given. Defaults to none.
+        """
         model = self._serving(name)
-        return self._run(model, drive(self._plan(model, [text], "raise", single=True)), output, None)[0]
+        plan = drive(self._plan(model, [text], "raise", single=True, prompt=prompt, prompt_name=prompt_name))
+        return self._run(model, plan, output, None)[0]
 
     @overload
     def embed_batch(
@@ -247,6 +297,8 @@ class EmbeddingEngine:
         output: Literal["list"] = ...,
         progress: ProgressCallback | None = ...,
         on_error: Literal["raise"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> list[list[float]]: ...
     @overload
     def embed_batch(
@@ -257,6 +309,8 @@ class EmbeddingEngine:
         output: Literal["numpy"],
         progress: ProgressCallback | None = ...,
         on_error: Literal["raise"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> FloatArray: ...
     @overload
     def embed_batch(
@@ -267,6 +321,8 @@ class EmbeddingEngine:
         output: Output = ...,
         progress: ProgressCallback | None = ...,
         on_error: Literal["collect"],
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> BatchResult: ...
 
     def embed_batch(
@@ -277,6 +333,8 @@ class EmbeddingEngine:
         output: Output = "list",
         progress: ProgressCallback | None = None,
         on_error: OnError = "raise",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> Any:
         """Embed many texts: one vector per text, in order (``[]`` for no texts).
 
@@ -287,20 +345,48 @@ class EmbeddingEngine:
             progress: Optional ``progress(done, total)`` callback, called in this thread as texts finish.
             on_error: ``"raise"`` (default) raises the first ``InvalidInputError``; ``"collect"`` returns a
                 :class:`BatchResult` with vectors for the valid texts and an error per invalid index.
+            prompt: Put in front of every text (e.g. ``"passage: "``). Defaults to none.
+            prompt_name: Use the model's named prompt (``"query"``, ``"document"``, ...; see
+                ``ModelInfo.prompts``) when ``prompt`` is not given. Defaults to none.
         """
         model = self._serving(name)
-        return self._run(model, drive(self._plan(model, texts, on_error)), output, progress)
+        plan = drive(self._plan(model, texts, on_error, prompt=prompt, prompt_name=prompt_name))
+        return self._run(model, plan, output, progress)
 
     # ------------------------------------------------------------------ async API
     @overload
-    async def aembed(self, name: str, text: str, *, output: Literal["list"] = ...) -> list[float]: ...
+    async def aembed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Literal["list"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+    ) -> list[float]: ...
     @overload
-    async def aembed(self, name: str, text: str, *, output: Literal["numpy"]) -> FloatArray: ...
+    async def aembed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Literal["numpy"],
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+    ) -> FloatArray: ...
 
-    async def aembed(self, name: str, text: str, *, output: Output = "list") -> Any:
+    async def aembed(
+        self,
+        name: str,
+        text: str,
+        *,
+        output: Output = "list",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> Any:
         """Async :meth:`embed`: awaits the model thread, never blocks the event loop."""
         model = self._serving(name)
-        plan = await adrive(self._plan(model, [text], "raise", single=True))
+        plan = await adrive(self._plan(model, [text], "raise", single=True, prompt=prompt, prompt_name=prompt_name))
         return (await self._arun(model, plan, output, None))[0]
 
     @overload
@@ -312,6 +398,8 @@ class EmbeddingEngine:
         output: Literal["list"] = ...,
         progress: ProgressCallback | None = ...,
         on_error: Literal["raise"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> list[list[float]]: ...
     @overload
     async def aembed_batch(
@@ -322,6 +410,8 @@ class EmbeddingEngine:
         output: Literal["numpy"],
         progress: ProgressCallback | None = ...,
         on_error: Literal["raise"] = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> FloatArray: ...
     @overload
     async def aembed_batch(
@@ -332,6 +422,8 @@ class EmbeddingEngine:
         output: Output = ...,
         progress: ProgressCallback | None = ...,
         on_error: Literal["collect"],
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
     ) -> BatchResult: ...
 
     async def aembed_batch(
@@ -342,6 +434,8 @@ class EmbeddingEngine:
         output: Output = "list",
         progress: ProgressCallback | None = None,
         on_error: OnError = "raise",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> Any:
         """Async :meth:`embed_batch`; cancelling the awaiting task drops its not-yet-started chunks.
 
@@ -350,7 +444,7 @@ class EmbeddingEngine:
         and the garbage collector's pauses over them can stall the loop for 100 ms or more.
         """
         model = self._serving(name)
-        plan = await adrive(self._plan(model, texts, on_error))
+        plan = await adrive(self._plan(model, texts, on_error, prompt=prompt, prompt_name=prompt_name))
         return await self._arun(model, plan, output, progress)
 
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
@@ -483,7 +577,16 @@ class EmbeddingEngine:
             raise ModelNotFoundError(f"model {name!r} is still loading; wait for load_model() to return")
         return model
 
-    def _plan(self, model: _Model, texts: Iterable[str], on_error: OnError, *, single: bool = False) -> Steps:
+    def _plan(
+        self,
+        model: _Model,
+        texts: Iterable[str],
+        on_error: OnError,
+        *,
+        single: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> Steps:
         info = model.pool.info
         assert info is not None
         return plan_request(
@@ -496,6 +599,7 @@ class EmbeddingEngine:
             most=self.config.chunk_size,
             least=model.config.max_texts_per_decode,
             single=single,
+            prompt=_prompt(info, prompt, prompt_name),
         )
 
     def _submit(

@@ -83,6 +83,7 @@ def plan_request(
     most: int,
     least: int,
     single: bool = False,
+    prompt: str = "",
 ) -> Generator[None, None, Plan]:
     """Validate, look up and split a request (a generator; see the module docstring).
 
@@ -94,6 +95,7 @@ def plan_request(
         on_error: ``"raise"``: the first invalid text raises here, before any work; ``"collect"``: it is recorded.
         n_workers, most, least: See :func:`split`.
         single: A lone text: errors name no index.
+        prompt: Put in front of every text (a model prompt such as ``"query: "``).
     """
     if texts is None:
         raise InvalidInputError("expected a sequence of texts, got None")
@@ -114,6 +116,8 @@ def plan_request(
                     raise
                 plan.errors[i] = exc
                 continue
+            if prompt:
+                text = prompt + text
             plan.texts[i] = text
             key = plan.keys[i] = (identity, text)
             hit = cache.get_entry(key)
