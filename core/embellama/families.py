@@ -94,12 +94,20 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ),
     ModelFamily(
         "embeddinggemma",
-        frozenset({"gemma-embedding", "gemma3"}),
-        r"embedding[-_ ]?gemma|gemma[-_ ]?embedding",
+        frozenset({"gemma-embedding"}),
         pooling="mean",
         prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
         dimensions=(128, 256, 512, 768),
         source="google/embeddinggemma-300m model card",
+    ),
+    ModelFamily(
+        "embeddinggemma",
+        frozenset({"gemma3"}),
+        r"embedding[-_ ]?gemma|gemma[-_ ]?embedding",
+        pooling="mean",
+        prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
+        dimensions=(128, 256, 512, 768),
+        source="google/embeddinggemma-300m model card (older GGUFs say gemma3)",
     ),
     ModelFamily(
         "nomic-embed",

@@ -30,7 +30,7 @@ from .families import ModelFamily, detect_family, is_causal
 from .gguf import MAX_SEQ_LENGTH_KEY, GGUFHeader, check_model_file, read_header
 from .identity import file_fingerprint, file_identity
 from .pooling import pool_tokens, postprocess
-from .rounds import Prepared
+from .rounds import Prepared, run_round
 from .sizing import ENCODER_DEFAULT_LIMIT, DecodeShape, check_memory, decode_shape, estimate_memory
 from .texts import validate_text
 from .types import ModelInfo
@@ -522,9 +522,15 @@ class EmbeddingModel:
 
     # ----------------------------------------------------------------- direct use
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed ``texts``: one row per text, in order. Raises ``InvalidInputError`` for the first bad text."""
-        sequences = [self.prepare(validate_text(text, i), i) for i, text in enumerate(texts)]
-        return self.embed_tokens(sequences)
+        """Embed ``texts``: one row per text, in order. Raises ``InvalidInputError`` for the first bad text.
+
+        Runs the same round as the engine (long-text policy, chunk averaging, EOS rule included), in this thread.
+        """
+        plain = [validate_text(text, i) for i, text in enumerate(texts)]
+        (outcome,) = run_round(self, [(plain, False, list(range(len(plain))), False)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome.vectors
 
     def embed_tokens(self, sequences: Sequence[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
         """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order."""
