@@ -257,3 +257,10 @@ def test_gemma_loads_with_default_options_and_matches_transformers(gemma: Family
         mean = eng.embed_batch("gemma-mean", TEXTS, output="numpy")
         want_mean = _unit(gemma.reference(TEXTS, "mean"))
         assert min(cosine(g, w) for g, w in zip(mean, want_mean, strict=True)) >= 0.995
+
+
+def test_a_load_that_cannot_fit_is_refused_before_allocating(model_path: Path) -> None:
+    """65,536-token decodes without flash attention would need hundreds of GB of attention scores: refused with
+    the needed MB and the options to change, before llama.cpp allocates anything (no crash, no OOM)."""
+    with EmbeddingEngine() as eng, pytest.raises(ModelLoadError, match=r"would need about \d+ MB.*lower max_tokens"):
+        eng.load_model(ModelConfig(model_path=model_path, model_name="huge", batch_tokens=65536, flash_attn=False))
