@@ -190,15 +190,18 @@ def _hf_model(hf_dir: str) -> Any:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _quiet_transformers():
-        model = BertForSequenceClassification.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+        model: Any = BertForSequenceClassification.from_pretrained(
+            hf_dir, dtype=torch.float32, attn_implementation="eager"
+        )
     return model.eval()
 
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No progress bars or load reports from transformers (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as transformers_logging
 
+    hf_logging: Any = transformers_logging  # its progress-bar functions are untyped
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity(logging.ERROR)
@@ -269,7 +272,8 @@ def _make_cross_encoder(hf_dir: Path) -> None:
     config.type_vocab_size = 1
     config.architectures = ["BertForSequenceClassification"]
     torch.manual_seed(_SEED)
-    model = BertForSequenceClassification(config).eval()
+    model: Any = BertForSequenceClassification(config)
+    model.eval()
 
     encoder = {
         name: tensor
@@ -413,7 +417,13 @@ class RawReranker:
         rc = llama_cpp.llama_encode(self._llm.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_encode returned {rc}")
-        return [float(llama_cpp.llama_get_embeddings_seq(self._llm.ctx, seq)[0]) for seq in range(len(group))]
+        out = []
+        for seq in range(len(group)):
+            ptr = llama_cpp.llama_get_embeddings_seq(self._llm.ctx, seq)
+            if not ptr:
+                raise RuntimeError(f"no pooled output for sequence {seq} (is pooling_type RANK?)")
+            out.append(float(ptr[0]))
+        return out
 
 
 def raw_rank_scores(

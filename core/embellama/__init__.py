@@ -26,7 +26,7 @@ from .errors import (
     ModelTimeoutError,
 )
 from .model import EmbeddingModel
-from .types import BatchResult, ModelInfo
+from .types import BatchResult, ModelInfo, RankedDocument, Reranking
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,8 @@ __all__ = [
     "ModelNotFoundError",
     "ModelTimeoutError",
     "Pooling",
+    "RankedDocument",
+    "Reranking",
     "__version__",
     "default_model_path",
     "shared_engine",

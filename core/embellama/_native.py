@@ -76,6 +76,7 @@ class NativeWeights:
         self.model: Any = model
         self.vocab: Any = llama_cpp.llama_model_get_vocab(model)
         self.n_embd = int(llama_cpp.llama_model_n_embd(model))
+        self.n_cls_out = int(llama_cpp.llama_model_n_cls_out(model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.add_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
         self.add_sep = bool(llama_cpp.llama_vocab_get_add_sep(self.vocab))

@@ -37,8 +37,9 @@ LongTextMode = Literal["raise", "truncate", "mean"]
 class Pooling(str, Enum):
     """How token embeddings become one vector per text.
 
-    ``MODEL`` uses the pooling recorded in the GGUF. ``MEAN``, ``CLS`` and ``LAST`` run inside llama.cpp;
-    ``MAX`` and ``MEAN_SQRT_LEN`` are computed in numpy from the token embeddings (as sentence-transformers does).
+    ``MODEL`` uses the pooling recorded in the GGUF (and a reranker's head when the GGUF has one). ``MEAN``,
+    ``CLS`` and ``LAST`` run inside llama.cpp; ``MAX`` and ``MEAN_SQRT_LEN`` are computed in numpy from the token
+    embeddings (as sentence-transformers does); ``RANK`` makes the model a reranker.
     """
 
     MODEL = "model"
@@ -47,6 +48,8 @@ class Pooling(str, Enum):
     LAST = "last"
     MAX = "max"
     MEAN_SQRT_LEN = "mean_sqrt_len"
+    RANK = "rank"
+    """A reranker (cross-encoder): the classification head over the first token, one score per (query, text)."""
 
     @classmethod
     def parse(cls, value: Pooling | str) -> Pooling:

@@ -28,12 +28,12 @@ from . import lifecycle
 from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
-from .errors import ConfigurationError, EngineClosedError, ModelNotFoundError
+from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
 from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request, split
 from .scheduler import WorkerPool
 from .texts import validate_text
 from .truncation import call_offset, one_report_per_call, report_truncation
-from .types import BatchResult, Job, JobResult, ModelInfo
+from .types import BatchResult, Item, Job, JobResult, ModelInfo, RankedDocument, Reranking
 from .waiting import Progress, ProgressCallback, adrive, await_jobs, in_thread, wait_jobs
 
 __all__ = [
@@ -82,6 +82,25 @@ def _prompt(info: ModelInfo, prompt: str | None, prompt_name: str | None) -> str
             "(set ModelConfig(prompts=...) or pass prompt=...)"
         )
     return info.prompts[prompt_name]
+
+
+def _utf8_length(item: Item) -> int:
+    return len(item.encode("utf-8")) if isinstance(item, str) else sum(len(t.encode("utf-8")) for t in item)
+
+
+def _documents(documents: Iterable[str]) -> list[str]:
+    if documents is None or isinstance(documents, (str, bytes)):
+        raise InvalidInputError(f"expected a sequence of documents, got {type(documents).__name__}")
+    return list(documents)
+
+
+def _reranking(rows: FloatArray, documents: list[str], top_n: int | None, normalize: bool) -> Reranking:
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ConfigurationError(f"top_n must be an integer >= 1 or None, got {top_n!r}")
+    raw = rows[:, 0].astype(np.float64) if len(rows) else np.zeros(0)
+    values = [float(x) for x in (1.0 / (1.0 + np.exp(-raw)) if normalize else raw)]
+    order = sorted(range(len(values)), key=lambda i: -values[i])[:top_n]
+    return Reranking(values, [RankedDocument(i, values[i], documents[i]) for i in order])
 
 
 def _stop_pools(models: dict[str, _Model]) -> None:
@@ -447,6 +466,51 @@ class EmbeddingEngine:
         plan = await adrive(self._plan(model, texts, on_error, prompt=prompt, prompt_name=prompt_name))
         return await self._arun(model, plan, output, progress)
 
+    # ------------------------------------------------------------------ reranking
+    def rerank(
+        self,
+        name: str,
+        query: str,
+        documents: Iterable[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+    ) -> Reranking:
+        """Score every document against ``query`` with a reranker (cross-encoder), many pairs per decode.
+
+        Args:
+            name: A loaded reranker's name (``ModelInfo.kind == "reranker"``).
+            query: The query (never cut).
+            documents: The texts to score; an over-long pair loses the end of its document with
+                ``truncate=True``, else raises ``InvalidInputError`` naming the document's index and token counts.
+            top_n: How many documents ``Reranking.top`` keeps (by descending score). Defaults to all.
+            normalize: Map single-logit scores through a sigmoid to 0..1. Defaults to False (raw head output).
+
+        Returns:
+            :class:`~embellama.types.Reranking`: ``scores`` in document order and ``top`` sorted by score.
+        """
+        model = self._serving(name)
+        documents = _documents(documents)
+        plan = drive(self._plan_pairs(model, query, documents))
+        rows = self._run(model, plan, "numpy", None)
+        return _reranking(rows, documents, top_n, normalize)
+
+    async def arerank(
+        self,
+        name: str,
+        query: str,
+        documents: Iterable[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+    ) -> Reranking:
+        """Async :meth:`rerank`: awaits the model thread, never blocks the event loop."""
+        model = self._serving(name)
+        documents = _documents(documents)
+        plan = await adrive(self._plan_pairs(model, query, documents))
+        rows = await self._arun(model, plan, "numpy", None)
+        return _reranking(rows, documents, top_n, normalize)
+
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
         """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future.
 
@@ -589,6 +653,10 @@ class EmbeddingEngine:
     ) -> Steps:
         info = model.pool.info
         assert info is not None
+        if info.kind == "reranker":
+            raise ConfigurationError(
+                f"model {info.name!r} is a reranker: score (query, document) pairs with rerank(), not embed()"
+            )
         return plan_request(
             texts,
             identity=(info.fingerprint, model.config.output_options()),
@@ -600,6 +668,27 @@ class EmbeddingEngine:
             least=model.config.max_texts_per_decode,
             single=single,
             prompt=_prompt(info, prompt, prompt_name),
+        )
+
+    def _plan_pairs(self, model: _Model, query: str, documents: list[str]) -> Steps:
+        info = model.pool.info
+        assert info is not None
+        if info.kind != "reranker":
+            raise ConfigurationError(
+                f"model {info.name!r} is an embedding model; rerank() needs a reranker (a GGUF with a "
+                "classification head, or pooling='rank')"
+            )
+        query = validate_text(query)
+        return plan_request(
+            documents,
+            identity=(info.fingerprint, model.config.output_options()),
+            dims=info.dimensions,
+            cache=self._cache,
+            on_error="raise",
+            n_workers=model.config.n_workers,
+            most=self.config.chunk_size,
+            least=model.config.max_texts_per_decode,
+            pair_with=query,
         )
 
     def _submit(
@@ -625,7 +714,7 @@ class EmbeddingEngine:
         if model.config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
             return []
         fits = info.max_tokens - _MAX_SPECIAL_TOKENS
-        suspects = [i for chunk in plan.chunks for i in chunk if len(plan.texts[i].encode("utf-8")) > fits]
+        suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]
         return split(suspects, model.config.n_workers, self.config.chunk_size, model.config.max_texts_per_decode)
 
     def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:

@@ -34,11 +34,18 @@ class GGUFHeader:
     n_tensors: int
     metadata: dict[str, Any]
     """Key/value metadata; long arrays (e.g. the vocabulary) are replaced by their length as ``"<array[N]>"``."""
+    tensor_names: tuple[str, ...] = ()
+    """Names of the tensors the file holds (e.g. ``cls.output.weight`` for a classification head)."""
 
     @property
     def architecture(self) -> str:
         """``general.architecture``, e.g. ``"bert"``."""
         return str(self.metadata.get("general.architecture", "unknown"))
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the file holds a classification head (a reranker / cross-encoder)."""
+        return any(name.startswith("cls.output.") for name in self.tensor_names)
 
     def arch_value(self, key: str) -> Any:
         """Value of ``{architecture}.{key}``, or ``None``."""
@@ -75,9 +82,14 @@ def read_header(path: str | Path) -> GGUFHeader:
                 key = _read_string(f)
                 (vtype,) = struct.unpack("<I", _read(f, 4))
                 metadata[key] = _read_value(f, vtype)
+            names = []
+            for _ in range(n_tensors):  # tensor infos: name, n_dims, dims, type, offset
+                names.append(_read_string(f))
+                (n_dims,) = struct.unpack("<I", _read(f, 4))
+                f.seek(8 * n_dims + 4 + 8, 1)
     except (struct.error, UnicodeDecodeError, EOFError) as exc:
         raise ModelLoadError(f"malformed GGUF header in {path}: {exc}") from None
-    return GGUFHeader(version=version, n_tensors=n_tensors, metadata=metadata)
+    return GGUFHeader(version=version, n_tensors=n_tensors, metadata=metadata, tensor_names=tuple(names))
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

@@ -33,7 +33,7 @@ from .pooling import pool_tokens, postprocess
 from .rounds import Prepared, run_round
 from .sizing import ENCODER_DEFAULT_LIMIT, DecodeShape, check_memory, decode_shape, estimate_memory
 from .texts import validate_text
-from .types import ModelInfo
+from .types import Item, ModelInfo
 from .wordpiece import WordPieceTokenizer
 
 __all__ = ["EmbeddingModel", "validate_text"]
@@ -46,8 +46,9 @@ _LLAMA_POOLING = {
     Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
     Pooling.MAX: llama_cpp.LLAMA_POOLING_TYPE_NONE,
     Pooling.MEAN_SQRT_LEN: llama_cpp.LLAMA_POOLING_TYPE_NONE,
+    Pooling.RANK: llama_cpp.LLAMA_POOLING_TYPE_RANK,
 }
-_GGUF_POOLING = {1: Pooling.MEAN, 2: Pooling.CLS, 3: Pooling.LAST}
+_GGUF_POOLING = {1: Pooling.MEAN, 2: Pooling.CLS, 3: Pooling.LAST, 4: Pooling.RANK}
 # general.file_type values of unquantized weights: F32, F16, BF16
 _UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
@@ -251,7 +252,16 @@ class EmbeddingModel:
         self._require()
         return self.config.dimensions or self._n_embd
 
-    output_width = embedding_dimensions
+    @property
+    def output_width(self) -> int:
+        """Columns of a returned row: the embedding width, or a reranker's number of scores (usually 1)."""
+        weights = self._require()
+        return max(1, weights.n_cls_out) if self.is_reranker else self.embedding_dimensions
+
+    @property
+    def is_reranker(self) -> bool:
+        """Whether this is a reranker (cross-encoder): it scores (query, text) pairs instead of embedding texts."""
+        return self._pooling is Pooling.RANK
 
     @property
     def max_sequence_length(self) -> int:
@@ -306,7 +316,7 @@ class EmbeddingModel:
             name=cfg.name,
             path=str(cfg.model_path),
             architecture=self.architecture,
-            dimensions=self.embedding_dimensions,
+            dimensions=self.output_width,
             native_dimensions=self.native_dimensions,
             max_tokens=self.max_sequence_length,
             pooling=self.pooling.value,
@@ -318,6 +328,7 @@ class EmbeddingModel:
             n_threads=cfg.threads,
             isolation=cfg.isolation,
             family=self.family.name,
+            kind="reranker" if self.is_reranker else "embedding",
             causal=self.causal,
             prompts=dict(self.prompts),
             add_eos=bool(self._add_eos),
@@ -398,13 +409,17 @@ class EmbeddingModel:
         except InvalidInputError as exc:
             raise exc.at_index(index) if index is not None else exc from None
 
-    def prepare_input(self, text: str) -> Prepared:
+    def prepare_input(self, text: str | tuple[str, str]) -> Prepared:
         """The model contract's first step: tokens for one text after the long-text policy, and the count before.
+
+        A reranker takes ``(query, document)`` pairs (see :meth:`prepare_pair`).
 
         Raises:
             InvalidInputError: empty after tokenization, or over the limit with ``long_text_mode="raise"`` (no
                 index).
         """
+        if isinstance(text, tuple):
+            return self.prepare_pair(*text)
         tokens = self.tokenize(text)
         n_tokens = len(tokens)
         if not tokens:
@@ -428,6 +443,34 @@ class EmbeddingModel:
             return Prepared(np.asarray(head + body[:room] + tail, dtype=np.int32), n_tokens)
         chunks = tuple(np.asarray(head + body[i : i + room] + tail, dtype=np.int32) for i in range(0, len(body), room))
         return Prepared(chunks[0], n_tokens, chunks)
+
+    def prepare_pair(self, query: str, document: str) -> Prepared:
+        """Tokens of a (query, document) pair as the model's tokenizer joins them: BERT ``[CLS] q [SEP] d [SEP]``,
+        XLM-RoBERTa ``<s> q </s></s> d </s>``. An over-long pair loses the end of its document (never the query)
+        unless the long-text policy is ``"raise"``."""
+        weights = self._require()
+        assert self._header is not None
+        if not self.is_reranker:
+            raise ConfigurationError(f"model {self.config.name!r} is an embedding model, not a reranker")
+        first = self.tokenize(query)
+        second = self.tokenize(document)
+        joiner = [] if self._header.metadata.get("tokenizer.ggml.model") == "bert" else [weights.eos]
+        head, _, _ = self._split_specials(second)
+        pair = first + joiner + second[len(head) :]
+        if len(pair) <= self._limit:
+            return Prepared(np.asarray(pair, dtype=np.int32), len(pair))
+        _, body, tail = self._split_specials(second)
+        room = self._limit - len(first) - len(joiner) - len(tail)
+        if self.config.long_texts == "raise" or room < 1:
+            where = "the query alone" if room < 1 else "the pair"
+            raise InvalidInputError(
+                f"{where} has {len(first) if room < 1 else len(pair)} tokens, over the model's limit of "
+                f"{self._limit}" + ("" if room < 1 else " (pass truncate=True to cut the document)"),
+                n_tokens=len(pair),
+                limit=self._limit,
+                model_name=self.config.name,
+            )
+        return Prepared(np.asarray(first + joiner + body[:room] + tail, dtype=np.int32), len(pair))
 
     def _split_specials(self, tokens: list[int]) -> tuple[list[int], list[int], list[int]]:
         """Leading BOS/[CLS] and closing EOS/[SEP] tokens, kept on every cut or chunk, and the text between."""
@@ -462,6 +505,15 @@ class EmbeddingModel:
         rc = context.run(batch)
         if rc != 0:
             raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(sequences)} texts)")
+        if self.is_reranker:
+            width = self.output_width
+            scores = np.empty((len(sequences), width), dtype=np.float32)
+            for i in range(len(sequences)):
+                row = context.sequence_embedding(i, width)
+                if row is None:
+                    raise EmbeddingError(f"llama.cpp returned no score for pair {i}")
+                scores[i] = row
+            return scores
         if self._native_pooling:
             for i in range(len(sequences)):
                 row = context.sequence_embedding(i, dim)
@@ -517,7 +569,9 @@ class EmbeddingModel:
         return out
 
     def postprocess(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Matryoshka truncation, then L2 normalization, as configured."""
+        """Matryoshka truncation, then L2 normalization, as configured (a reranker's raw scores pass through)."""
+        if self.is_reranker:
+            return rows
         return postprocess(rows, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
 
     # ----------------------------------------------------------------- direct use
@@ -526,7 +580,7 @@ class EmbeddingModel:
 
         Runs the same round as the engine (long-text policy, chunk averaging, EOS rule included), in this thread.
         """
-        plain = [validate_text(text, i) for i, text in enumerate(texts)]
+        plain: list[Item] = [validate_text(text, i) for i, text in enumerate(texts)]
         (outcome,) = run_round(self, [(plain, False, list(range(len(plain))), False)])
         if isinstance(outcome, BaseException):
             raise outcome
@@ -548,11 +602,21 @@ class EmbeddingModel:
     # ----------------------------------------------------------------- config resolution
     def _resolve_pooling(self, header: GGUFHeader, family: ModelFamily) -> Pooling:
         requested = Pooling.parse(self.config.pooling)
+        if requested is Pooling.RANK and not header.has_classifier and header.arch_value("pooling_type") != 4:
+            raise ConfigurationError(
+                f"pooling='rank' needs a classification head, and {Path(self.config.model_path).name} has none "
+                "(it is an embedding model)"
+            )
         if requested is not Pooling.MODEL:
             return requested
         value = int(header.arch_value("pooling_type") or 0)
-        if value == 4:
-            raise ModelLoadError(f"{header.architecture} model uses RANK pooling (a reranker), not embeddings")
+        if value == 4 and not header.has_classifier:
+            raise ModelLoadError(
+                f"{header.architecture} model declares RANK pooling (a reranker) but has no classification head "
+                "(no cls.output tensors): llama.cpp could not score with it"
+            )
+        if value == 4 or header.has_classifier:  # converters write no pooling type for BERT/XLM-R classifiers
+            return Pooling.RANK
         if family.pooling is not None and (family.override_gguf_pooling or value not in _GGUF_POOLING):
             return Pooling.parse(family.pooling)
         if value not in _GGUF_POOLING:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from .cache import EmbeddingCache
 from .errors import ConfigurationError, InvalidInputError
 from .texts import validate_text
-from .types import BatchResult, JobResult
+from .types import BatchResult, Item, JobResult
 
 __all__ = ["ROW_SLICE", "SLICE", "Output", "Plan", "assemble", "drive", "plan_request", "split"]
 
@@ -41,8 +41,8 @@ class Plan:
 
     n: int
     rows: npt.NDArray[np.float32]
-    texts: list[str]
-    """Validated plain texts ("" where a text was invalid)."""
+    texts: list[Item]
+    """Validated plain texts, or (query, text) pairs for a reranker ("" where a text was invalid)."""
     keys: list[Hashable | None]
     chunks: list[list[int]]
     """Absolute indices of the texts each job embeds."""
@@ -84,6 +84,7 @@ def plan_request(
     least: int,
     single: bool = False,
     prompt: str = "",
+    pair_with: str | None = None,
 ) -> Generator[None, None, Plan]:
     """Validate, look up and split a request (a generator; see the module docstring).
 
@@ -96,6 +97,7 @@ def plan_request(
         n_workers, most, least: See :func:`split`.
         single: A lone text: errors name no index.
         prompt: Put in front of every text (a model prompt such as ``"query: "``).
+        pair_with: A reranker's query: every text becomes a ``(query, text)`` pair.
     """
     if texts is None:
         raise InvalidInputError("expected a sequence of texts, got None")
@@ -118,8 +120,9 @@ def plan_request(
                 continue
             if prompt:
                 text = prompt + text
-            plan.texts[i] = text
-            key = plan.keys[i] = (identity, text)
+            item: Item = text if pair_with is None else (pair_with, text)
+            plan.texts[i] = item
+            key = plan.keys[i] = (identity, item)
             hit = cache.get_entry(key)
             if hit is None:
                 missing.append(i)

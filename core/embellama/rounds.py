@@ -47,7 +47,7 @@ class EncoderModel(Protocol):
     def output_width(self) -> int:
         """Columns of a row returned by :meth:`postprocess`."""
 
-    def prepare_input(self, text: str) -> Prepared:
+    def prepare_input(self, text: str | tuple[str, str]) -> Prepared:
         """Tokenize one text and apply the length policy; raise ``InvalidInputError`` (without an index) if it is
         unusable."""
 
@@ -93,7 +93,7 @@ def run_round(
             try:
                 ready = model.prepare_input(text)
             except InvalidInputError as exc:
-                errors[position] = exc.at_index(indices[position], text)
+                errors[position] = exc.at_index(indices[position], text if isinstance(text, str) else text[1])
                 if not collect:
                     break
                 continue

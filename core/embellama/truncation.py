@@ -13,6 +13,7 @@ from contextvars import ContextVar
 
 from .errors import InvalidInputError
 from .planning import Plan
+from .types import Item
 
 __all__ = ["call_offset", "one_report_per_call", "report_truncation"]
 
@@ -67,7 +68,7 @@ def report_truncation(plan: Plan, model_name: str, limit: int) -> None:
         report.total += plan.n
     if not plan.truncated:
         return
-    previews = {i: (n, plan.texts[i][: InvalidInputError.PREVIEW_CHARS]) for i, n in plan.truncated.items()}
+    previews = {i: (n, _text(plan.texts[i])[: InvalidInputError.PREVIEW_CHARS]) for i, n in plan.truncated.items()}
     if report is not None:
         offset = _CALL_OFFSET.get()
         report.cut.update({offset + i: v for i, v in previews.items()})
@@ -75,6 +76,10 @@ def report_truncation(plan: Plan, model_name: str, limit: int) -> None:
         return
     first = min(previews)
     _log_truncation(len(previews), plan.n, model_name, limit, None if plan.single else first, *previews[first])
+
+
+def _text(item: Item) -> str:
+    return item if isinstance(item, str) else item[1]  # a reranker's pair: the document is what is cut
 
 
 def _log_truncation(count: int, total: int, name: str, limit: object, first: int | None, n: int, text: str) -> None:

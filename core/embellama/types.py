@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from .errors import InvalidInputError
 
-__all__ = ["BatchResult", "Job", "JobResult", "ModelInfo", "Payload"]
+__all__ = ["BatchResult", "Item", "Job", "JobResult", "ModelInfo", "Payload", "RankedDocument", "Reranking"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class ModelInfo:
     isolation: str
     family: str = ""
     """The model family detected from the GGUF (see :mod:`embellama.families`)."""
+    kind: str = "embedding"
+    """``"embedding"``, or ``"reranker"`` for a cross-encoder (scores pairs; ``dimensions`` is its score count)."""
     causal: bool = False
     """Decoder (causal attention) rather than encoder."""
     prompts: dict[str, str] = field(default_factory=dict)
@@ -60,7 +62,10 @@ class JobResult:
     """Texts cut to the model's limit (``truncate=True``): position in the job -> token count before the cut."""
 
 
-Payload = tuple[list[str], bool, "list[int | None]", bool]
+Item = str | tuple[str, str]
+"""One input: a text to embed, or a ``(query, document)`` pair for a reranker."""
+
+Payload = tuple[list[Item], bool, "list[int | None]", bool]
 """What a backend needs of a job (picklable): texts, whether to collect errors, the caller's index of each text,
 and whether only to check the texts (tokenize and apply the length policy, no decode)."""
 
@@ -69,7 +74,7 @@ and whether only to check the texts (tokenize and apply the length policy, no de
 class Job:
     """Texts to embed and the future that receives a :class:`JobResult`."""
 
-    texts: list[str]
+    texts: list[Item]
     collect_errors: bool = False
     indices: list[int | None] | None = None
     """The caller's index of each text (None: a lone text, errors name no index); defaults to the position."""
@@ -107,3 +112,22 @@ class BatchResult:
     def ok(self) -> bool:
         """Whether every text was embedded."""
         return not self.errors
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One document of a reranking: its position in the caller's list, its score, and the document."""
+
+    index: int
+    score: float
+    document: str
+
+
+@dataclass(frozen=True)
+class Reranking:
+    """Result of ``rerank``: every document's score in document order, and the best ones sorted by score."""
+
+    scores: list[float]
+    """One score per document, in the order given (raw head output, or 0..1 with ``normalize=True``)."""
+    top: list[RankedDocument]
+    """Documents by descending score, at most ``top_n`` of them."""
