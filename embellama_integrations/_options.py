@@ -77,7 +77,8 @@ def model_option_values(obj: Any, *, by_name: bool) -> dict[str, Any]:
         for name in MODEL_OPTION_NAMES
         if name in obj.model_fields_set or (name in ADAPTER_DEFAULTS and not by_name)
     }
-    return values | {"show_progress": obj.show_progress, "on_error": obj.on_error}
+    client = {name: getattr(obj, name) for name in ("show_progress", "on_error") if hasattr(obj, name)}
+    return values | client
 
 
 def resolved_identity(client: EmbeddingClient) -> dict[str, Any]:

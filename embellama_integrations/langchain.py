@@ -8,17 +8,22 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import Document
+from langchain_core.documents.compressor import BaseDocumentCompressor
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from embellama.client import DEFAULT_BATCH_SIZE, ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
+from embellama.types import Reranking
 
 from ._options import ClientOptionFields, ModelOptionFields, model_option_values, resolved_identity
 
-__all__ = ["EmbellamaEmbeddings"]
+__all__ = ["EmbellamaEmbeddings", "EmbellamaReranker"]
 
 
 class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, ClientBacked):
@@ -109,3 +114,82 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`: awaits the model's thread."""
         return await self.client.aembed_query(text)
+
+
+class EmbellamaReranker(ModelOptionFields, BaseDocumentCompressor, ClientBacked):
+    """Rerank retrieved documents with a local cross-encoder GGUF, for LangChain (a ``BaseDocumentCompressor``).
+
+    Scores every document against the query (many pairs per decode), keeps the ``top_n`` best and writes each
+    score to ``metadata["relevance_score"]``. Use it in a ``ContextualCompressionRetriever``. Every
+    ``embellama.ModelConfig`` option is a field too (``truncate`` defaults to True: the end of an over-long
+    document is cut, never the query).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_classic.retrievers import ContextualCompressionRetriever
+            from embellama_integrations.langchain import EmbellamaReranker
+
+            reranker = EmbellamaReranker(model_path="reranker.gguf", top_n=3)
+            retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=store.as_retriever())
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True, use_attribute_docstrings=True
+    )
+
+    model_path: str | None = Field(default_factory=model_path_from_env)
+    """Path to the reranker GGUF (a classification head, or RANK pooling). Defaults to ``$EMBELLAMA_MODEL_PATH``."""
+
+    model_name: str | None = None
+    """With ``engine``: a reranker already loaded there. Otherwise the name to register it under."""
+
+    engine: EmbeddingEngine | None = Field(default=None, exclude=True)
+    """An existing ``embellama.EmbeddingEngine`` to share. Defaults to the process-wide shared engine."""
+
+    top_n: int | None = 3
+    """How many documents to keep (the best by score); None keeps all, reordered."""
+
+    normalize_scores: bool = False
+    """Map single-logit scores through a sigmoid to 0..1 (otherwise the head's raw output)."""
+
+    _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
+
+    @property
+    def client(self) -> EmbeddingClient:
+        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        by_name = self.engine is not None and self.model_path is None
+        options = model_option_values(self, by_name=by_name)
+        return self._slot.get(
+            dict(model_path=self.model_path, engine=self.engine, model_name=self.model_name, **options)
+        )
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Score ``documents`` against ``query``; return the ``top_n`` best, best first, with their score."""
+        if not documents:
+            return []
+        ranking = self.client.rerank(
+            query, [d.page_content for d in documents], top_n=self.top_n, normalize=self.normalize_scores
+        )
+        return _ranked_documents(documents, ranking)
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`: awaits the model thread (no executor)."""
+        if not documents:
+            return []
+        ranking = await self.client.arerank(
+            query, [d.page_content for d in documents], top_n=self.top_n, normalize=self.normalize_scores
+        )
+        return _ranked_documents(documents, ranking)
+
+
+def _ranked_documents(documents: Sequence[Document], ranking: Reranking) -> list[Document]:
+    out = []
+    for ranked in ranking.top:
+        source = documents[ranked.index]
+        out.append(source.model_copy(update={"metadata": {**source.metadata, "relevance_score": ranked.score}}))
+    return out

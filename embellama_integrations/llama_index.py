@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,11 +16,17 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine, call_offset, one_report_per_call
 from embellama.errors import ConfigurationError, InvalidInputError
+from embellama.types import Reranking
 
 from ._options import (
     ADAPTER_DEFAULTS,
@@ -31,7 +37,9 @@ from ._options import (
     resolved_identity,
 )
 
-__all__ = ["EmbellamaEmbedding"]
+__all__ = ["EmbellamaEmbedding", "EmbellamaRerank"]
+
+dispatcher = get_dispatcher(__name__)
 
 
 class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, ClientBacked):
@@ -232,3 +240,116 @@ _RENAMED = {"embed_batch_size": "batch_size", "text_instruction": "document_inst
 def _client_options(fields: dict[str, Any], engine: EmbeddingEngine | None) -> dict[str, Any]:
     """``EmbeddingClient`` keyword arguments from this class's fields (LlamaIndex names some differently)."""
     return {_RENAMED.get(name, name): value for name, value in fields.items()} | {"engine": engine}
+
+
+class EmbellamaRerank(BaseNodePostprocessor, ModelOptionFields):
+    """Rerank retrieved nodes with a local cross-encoder GGUF, for LlamaIndex (a ``BaseNodePostprocessor``).
+
+    Scores every node's text against the query (many pairs per decode), sets ``node.score``, keeps the ``top_n``
+    best, and emits the instrumentation (``ReRankStartEvent`` / ``ReRankEndEvent``) and callback events that
+    LlamaIndex's own rerankers emit. Every ``embellama.ModelConfig`` option is a field too.
+
+    Example:
+        .. code-block:: python
+
+            from embellama_integrations.llama_index import EmbellamaRerank
+
+            reranker = EmbellamaRerank(model_path="reranker.gguf", top_n=3)
+            engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[reranker])
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str | None = Field(default=None, description="Path to the reranker GGUF.")
+    model_name: str | None = Field(default=None, description="Registered name (with engine: a loaded reranker).")
+    top_n: int | None = Field(default=3, description="How many nodes to keep (the best); None keeps all, reordered.")
+    normalize_scores: bool = Field(default=False, description="Sigmoid over single-logit scores (0..1).")
+    keep_retrieval_score: bool = Field(default=False, description="Keep the retriever's score in metadata.")
+
+    _engine: EmbeddingEngine | None = PrivateAttr(default=None)
+    _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
+
+    def __init__(self, model_path: str | Path | None = None, *, engine: EmbeddingEngine | None = None, **data: Any):
+        if model_path is None and not (engine is not None and data.get("model_name") is not None):
+            model_path = model_path_from_env()
+        options = {k: data.pop(k) for k in MODEL_OPTION_NAMES if k in data}
+        by_name = engine is not None and model_path is None
+        defaults = {} if by_name else {k: v for k, v in ADAPTER_DEFAULTS.items() if k not in options}
+        probe = EmbeddingClient(
+            model_path=model_path, engine=engine, model_name=data.get("model_name"), **defaults, **options
+        )  # validated by the core first, so invalid options raise embellama's ConfigurationError
+        super().__init__(**(data | resolved_identity(probe)), **options)
+        self._engine = engine
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used by LlamaIndex's serialization."""
+        return "EmbellamaRerank"
+
+    @property
+    def client(self) -> EmbeddingClient:
+        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        by_name = self._engine is not None and self.model_path is None
+        options = model_option_values(self, by_name=by_name)
+        return self._slot.get(
+            dict(model_path=self.model_path, engine=self._engine, model_name=self.model_name, **options)
+        )
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query, texts = self._inputs(nodes, query_bundle)
+        with self._events(nodes, query) as finish:
+            ranking = (
+                self.client.rerank(query, texts, top_n=self.top_n, normalize=self.normalize_scores) if nodes else None
+            )
+            return finish(ranking)
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query, texts = self._inputs(nodes, query_bundle)
+        with self._events(nodes, query) as finish:
+            ranking = (
+                await self.client.arerank(query, texts, top_n=self.top_n, normalize=self.normalize_scores)
+                if nodes
+                else None
+            )
+            return finish(ranking)
+
+    @staticmethod
+    def _inputs(nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
+        if query_bundle is None:
+            raise ValueError("EmbellamaRerank needs the query (a query_bundle or query_str)")
+        return query_bundle.query_str, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+    @contextmanager
+    def _events(
+        self, nodes: list[NodeWithScore], query: str
+    ) -> Iterator[Callable[[Reranking | None], list[NodeWithScore]]]:
+        dispatcher.event(
+            ReRankStartEvent(query=query, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.model_name or "")
+        )
+        with self.callback_manager.event(
+            CBEventType.RERANKING,
+            payload={
+                EventPayload.NODES: nodes,
+                EventPayload.MODEL_NAME: self.model_name,
+                EventPayload.QUERY_STR: query,
+                EventPayload.TOP_K: self.top_n,
+            },
+        ) as event:
+
+            def finish(ranking: Reranking | None) -> list[NodeWithScore]:
+                kept: list[NodeWithScore] = []
+                for ranked in ranking.top if ranking is not None else []:
+                    node = nodes[ranked.index]
+                    if self.keep_retrieval_score:
+                        node.node.metadata["retrieval_score"] = node.score
+                    node.score = ranked.score
+                    kept.append(node)
+                event.on_end(payload={EventPayload.NODES: kept})
+                dispatcher.event(ReRankEndEvent(nodes=kept))
+                return kept
+
+            yield finish

@@ -31,7 +31,7 @@ from .families import detect_family
 from .gguf import file_fingerprint, read_header
 from .hub import FromPretrained
 from .planning import OnError
-from .types import BatchResult, ModelInfo
+from .types import BatchResult, ModelInfo, Reranking
 
 __all__ = ["MODEL_PATH_ENV", "ClientBacked", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
 
@@ -339,6 +339,19 @@ class EmbeddingClient(FromPretrained):
         """Async :meth:`embed_query`."""
         engine, name = await self.aensure_loaded()
         return await engine.aembed(name, text, prompt=self.role_prompt("query"))
+
+    # ------------------------------------------------------------------ reranking
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None, normalize: bool = False) -> Reranking:
+        """Score ``documents`` against ``query`` with this client's reranker model (see ``EmbeddingEngine.rerank``)."""
+        engine, name = self.ensure_loaded()
+        return engine.rerank(name, query, documents, top_n=top_n, normalize=normalize)
+
+    async def arerank(
+        self, query: str, documents: Sequence[str], *, top_n: int | None = None, normalize: bool = False
+    ) -> Reranking:
+        """Async :meth:`rerank`: the first load runs on a helper thread, scoring awaits the model thread."""
+        engine, name = await self.aensure_loaded()
+        return await engine.arerank(name, query, documents, top_n=top_n, normalize=normalize)
 
     def _vectors(self, result: Any) -> list[Any]:
         if not isinstance(result, BatchResult):
