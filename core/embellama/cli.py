@@ -1,4 +1,4 @@
-"""Command line: ``embellama embed | info | default-model | demo``."""
+"""Command line: ``embellama embed | rerank | info | default-model | demo``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rerank(ns: argparse.Namespace) -> int:
+    source = sys.stdin if ns.input == "-" else open(ns.input, encoding="utf-8")  # noqa: SIM115
+    with source:
+        documents = [line.rstrip("\n") for line in source if line.strip()]
+    config = ModelConfig(model_path=ns.model, model_name="cli", truncate=not ns.strict, n_threads=ns.threads)
+    with EmbeddingEngine(cache_size=0) as engine:
+        engine.load_model(config)
+        ranking = engine.rerank("cli", ns.query, documents, top_n=ns.top_n, normalize=ns.normalize)
+    if ns.json:
+        for ranked in ranking.top:
+            print(json.dumps({"index": ranked.index, "score": ranked.score, "document": ranked.document}))
+    else:
+        for ranked in ranking.top:
+            print(f"{ranked.score:9.4f}  [{ranked.index}] {ranked.document}")
+    return 0
+
+
 def _cmd_info(ns: argparse.Namespace) -> int:
     header = read_header(ns.path)
     summary = {
@@ -129,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--threads", type=int, help="threads for the model")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_cmd_embed)
+    rerank = sub.add_parser("rerank", help="score documents (one per line) against a query with a reranker GGUF")
+    rerank.add_argument("model", help="reranker GGUF path (a classification head, or RANK pooling)")
+    rerank.add_argument("input", nargs="?", default="-", help="documents, one per line ('-': stdin)")
+    rerank.add_argument("-q", "--query", required=True, help="the query")
+    rerank.add_argument("-n", "--top-n", type=int, default=None, help="print only the N best")
+    rerank.add_argument("--normalize", action="store_true", help="sigmoid scores to 0..1")
+    rerank.add_argument("--strict", action="store_true", help="refuse over-long documents instead of cutting them")
+    rerank.add_argument("--threads", type=int, default=None)
+    rerank.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    rerank.set_defaults(func=_cmd_rerank)
     info = sub.add_parser("info", help="print a GGUF model's metadata as JSON")
     info.add_argument("path")
     info.add_argument("--all", action="store_true", help="include every metadata key")

@@ -341,7 +341,9 @@ class EmbeddingClient(FromPretrained):
         return await engine.aembed(name, text, prompt=self.role_prompt("query"))
 
     # ------------------------------------------------------------------ reranking
-    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None, normalize: bool = False) -> Reranking:
+    def rerank(
+        self, query: str, documents: Sequence[str], *, top_n: int | None = None, normalize: bool = False
+    ) -> Reranking:
         """Score ``documents`` against ``query`` with this client's reranker model (see ``EmbeddingEngine.rerank``)."""
         engine, name = self.ensure_loaded()
         return engine.rerank(name, query, documents, top_n=top_n, normalize=normalize)
