@@ -14,7 +14,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_the_expected_notebooks_exist() -> None:
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_langchain_retrieval", "03_llama_index_ingestion"} <= names
+    assert {"01_quickstart", "02_langchain_retrieval", "03_llama_index_ingestion", "04_rerank"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -38,7 +38,7 @@ def test_notebook_executes(path: Path, model_path: Path, monkeypatch: pytest.Mon
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    if path.stem != "02_langchain_retrieval":  # these two draw a plot
+    if path.stem != "02_langchain_retrieval":  # the others draw a plot
         assert images, f"{path.name} drew no figure"
     if "llama_index" in path.stem:  # and this one shows LlamaIndex's progress bar over the chunks
         # with ipywidgets (the progress extra) tqdm.auto draws a widget (its text/plain is the initial state)
