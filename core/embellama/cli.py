@@ -1,4 +1,4 @@
-"""Command line: ``embellama embed | rerank | info | default-model | demo``."""
+"""Command line: ``embellama embed | rerank | serve | info | default-model | demo``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,26 @@ def _cmd_rerank(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from embellama_integrations.server import serve
+    except ImportError as exc:  # pragma: no cover - the server extra is missing
+        print(f"embellama serve needs the server extra (pip install 'embellama[server]'): {exc}", file=sys.stderr)
+        return 2
+    names = list(ns.model_name or [])
+    models = [(names[i] if i < len(names) else None, path) for i, path in enumerate(ns.model)]
+    serve(
+        models,
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key or os.environ.get("EMBELLAMA_API_KEY") or None,
+        truncate=ns.truncate,
+    )
+    return 0
+
+
 def _cmd_info(ns: argparse.Namespace) -> int:
     header = read_header(ns.path)
     summary = {
@@ -156,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--threads", type=int, default=None)
     rerank.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     rerank.set_defaults(func=_cmd_rerank)
+    srv = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API (extra 'server')")
+    srv.add_argument("--model", action="append", required=True, help="GGUF path (repeat for several models)")
+    srv.add_argument("--model-name", action="append", help="API name of the --model at the same position")
+    srv.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", default=None, help="require this bearer token (default: $EMBELLAMA_API_KEY)")
+    srv.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of answering 400")
+    srv.set_defaults(func=_cmd_serve)
     info = sub.add_parser("info", help="print a GGUF model's metadata as JSON")
     info.add_argument("path")
     info.add_argument("--all", action="store_true", help="include every metadata key")

@@ -48,6 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_NO_CACHE = EmbeddingCache(0)
+
 _MAX_SPECIAL_TOKENS = 8
 """More special tokens than any tokenizer adds around a text (BOS/CLS, EOS/SEP, ...)."""
 
@@ -511,6 +513,25 @@ class EmbeddingEngine:
         rows = await self._arun(model, plan, "numpy", None)
         return _reranking(rows, documents, top_n, normalize)
 
+    def count_tokens(
+        self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
+    ) -> int:
+        """Tokens the model sees for ``texts`` (special tokens and ``prompt`` included, before any cut).
+
+        Tokenizes on the model's workers (no decode); raises ``InvalidInputError`` as embedding would.
+        """
+        model = self._serving(name)
+        plan = drive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
+        return sum(r.tokens for r in wait_jobs(self._submit(model, plan, check_only=True), None))
+
+    async def acount_tokens(
+        self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
+    ) -> int:
+        """Async :meth:`count_tokens`."""
+        model = self._serving(name)
+        plan = await adrive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
+        return sum(r.tokens for r in await await_jobs(self._submit(model, plan, check_only=True), None))
+
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
         """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future.
 
@@ -650,6 +671,7 @@ class EmbeddingEngine:
         single: bool = False,
         prompt: str | None = None,
         prompt_name: str | None = None,
+        cached: bool = True,
     ) -> Steps:
         info = model.pool.info
         assert info is not None
@@ -661,7 +683,7 @@ class EmbeddingEngine:
             texts,
             identity=(info.fingerprint, model.config.output_options()),
             dims=info.dimensions,
-            cache=self._cache,
+            cache=self._cache if cached else _NO_CACHE,
             on_error=on_error,
             n_workers=model.config.n_workers,
             most=self.config.chunk_size,

@@ -104,7 +104,8 @@ def run_round(
             outcomes.append(next(iter(errors.values())))
             continue
         width = 0 if check_only else model.output_width
-        outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated))
+        n_tokens = sum(ready.n_tokens for _, ready in prepared)
+        outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated, n_tokens))
         if check_only:
             continue
         for position, ready in prepared:

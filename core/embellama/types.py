@@ -60,6 +60,8 @@ class JobResult:
     """Errors by position in the job (each error's ``index`` is the caller's absolute index)."""
     truncated: dict[int, int] = field(default_factory=dict)
     """Texts cut to the model's limit (``truncate=True``): position in the job -> token count before the cut."""
+    tokens: int = 0
+    """Tokens of the job's valid texts (before any cut), special tokens included."""
 
 
 Item = str | tuple[str, str]
