@@ -10,12 +10,12 @@ does for peers), with the default model and default options: short texts (~20 to
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from .snippets import interleave, publish, run_snippet
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -37,16 +37,9 @@ print(json.dumps(out))
 """
 
 
-def run_tree(tree: Path, bench_root: Path) -> dict[str, float]:
+def run_tree(tree: Path) -> dict[str, Any]:
     """Measure one tree in a fresh process (its ``core`` and root first on the path)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "core"), str(tree), str(bench_root)]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=600, cwd=tree
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{tree}: {proc.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_snippet(_CHILD, pythonpath=[tree / "core", tree], cwd=tree)
 
 
 def main() -> int:
@@ -57,22 +50,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     ns = parser.parse_args()
-    bench_root = Path(__file__).resolve().parent.parent
-    runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-    for r in range(ns.rounds):
-        order = [("old", ns.old), ("new", ns.new)] if r % 2 == 0 else [("new", ns.new), ("old", ns.old)]
-        for label, tree in order:
-            runs[label].append(run_tree(tree.resolve(), bench_root))
-            print(label, runs[label][-1], file=sys.stderr, flush=True)
+    trees = {"old": ns.old.resolve(), "new": ns.new.resolve()}
+    runs = interleave(list(trees), ns.rounds, lambda label: run_tree(trees[label]))
     lines = ["| metric | old (median) | new (median) | new / old |", "|---|---|---|---|"]
     for metric in ("short", "long", "p50_ms"):
         old = statistics.median(x[metric] for x in runs["old"])
         new = statistics.median(x[metric] for x in runs["new"])
         lines.append(f"| {metric} | {old:.1f} | {new:.1f} | {new / old:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if ns.out is not None:
-        ns.out.write_text(f"Rounds: {ns.rounds}, interleaved, fresh process per tree and round.\n\n{table}\n")
+    publish(lines, ns.rounds, ns.out)
     return 0
 
 

