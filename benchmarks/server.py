@@ -6,10 +6,11 @@ Both servers are started as subprocesses on 127.0.0.1 (free ephemeral ports) wit
 F16): ``embellama serve`` with its default options, and ``python -m llama_cpp.server --embedding true --n_threads
 <cores>``. After a short warm-up (which also checks that both answer the same vectors), single-text
 ``POST /v1/embeddings`` requests with short texts (~8 words, each made unique so that no cache answers) are sent by
-1, 16 and 64 concurrent clients (one asyncio + httpx process, on the same machine). Every (server, clients) cell gets
-the same share of ``--seconds`` (the whole measurement budget, at most 30 s), split over ``--rounds`` rounds that
-interleave the servers and client counts so that drifts in machine speed hit both alike. Reports requests/s and
-p50/p99 latency per cell as a markdown table.
+1, 16 and 64 concurrent clients: one asyncio process on the same machine, each client with its own keep-alive
+connection and a minimal HTTP/1.1 client (httpx's pool costs more CPU per request than the servers under test once
+dozens of connections are open). Every (server, clients) cell gets the same share of ``--seconds`` (the whole
+measurement budget, at most 30 s), split over ``--rounds`` rounds that interleave the servers and client counts so
+that drifts in machine speed hit both alike. Reports requests/s and p50/p99 latency per cell as a markdown table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -84,6 +86,51 @@ class _Texts:
         return f"{self._base[n % len(self._base)]} #{n}"
 
 
+class _Connection:
+    """A minimal keep-alive HTTP/1.1 client connection: the load generator must not be the bottleneck.
+
+    (httpx's connection pool costs more CPU per request than the servers under test once dozens of connections
+    are open; on a small machine it would measure itself.)
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post_json(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        """POST ``payload`` and return the status and the body (reconnecting when the server closed the connection)."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode("ascii")
+        try:
+            writer.write(head + payload)
+            await writer.drain()
+            status_line, *header_lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
+            if headers.get("transfer-encoding") == "chunked":
+                body = b""
+                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                    body += (await reader.readexactly(size + 2))[:-2]
+                await reader.readuntil(b"\r\n")
+            else:
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection") == "close":
+            self.close()
+        return int(status_line.split(" ", 2)[1]), body
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 async def measure(
     url: str,
     model: str,
@@ -96,46 +143,52 @@ async def measure(
     """Send single-text ``/v1/embeddings`` requests from ``concurrency`` clients for ``seconds`` (or ``max_requests``).
 
     Args:
-        url: The server's base URL (``http://127.0.0.1:PORT``).
+        url: The server's base URL (``http://127.0.0.1:PORT``; loopback only).
         model: The ``model`` field of the requests.
-        concurrency: Clients, each with one request in flight at a time.
+        concurrency: Clients, each with its own keep-alive connection and one request in flight at a time.
         seconds: Time budget; clients start no request after it.
         texts: Text source (unique texts). Defaults to a fresh one.
         max_requests: Stop starting requests after this many, whatever the time.
 
     Returns:
-        The cell: successful requests, errors (non-200 answers, transport errors, wrong-sized vectors), the wall
-        time and each successful request's latency.
+        The cell: successful requests, errors (non-200 answers, transport errors, timeouts, answers without exactly
+        one vector), the wall time and each successful request's latency.
     """
-    if not url.startswith(f"http://{HOST}:"):
-        raise ValueError(f"loopback only: {url!r}")
+    prefix = f"http://{HOST}:"
+    if not url.startswith(prefix) or not url[len(prefix) :].isdigit():
+        raise ValueError(f"loopback only (http://{HOST}:PORT): {url!r}")
+    port = int(url[len(prefix) :])
     source = texts or _Texts()
     cell = Cell()
     started = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
-        t0 = time.perf_counter()
-        end = t0 + seconds
+    t0 = time.perf_counter()
+    end = t0 + seconds
 
-        async def worker() -> None:
-            nonlocal started
+    async def client() -> None:
+        nonlocal started
+        connection = _Connection(HOST, port)
+        try:
             while time.perf_counter() < end and started < max_requests:
                 started += 1
-                body = {"model": model, "input": source.next()}
+                payload = json.dumps({"model": model, "input": source.next()}).encode()
                 t = time.perf_counter()
                 try:
-                    response = await client.post("/v1/embeddings", json=body)
-                    ok = response.status_code == 200 and len(response.json()["data"]) == 1
-                except (httpx.HTTPError, ValueError, KeyError):
+                    status, body = await asyncio.wait_for(
+                        connection.post_json("/v1/embeddings", payload), REQUEST_TIMEOUT_S
+                    )
+                    ok = status == 200 and len(json.loads(body)["data"]) == 1
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, KeyError):
                     ok = False
                 if ok:
                     cell.latencies.append(time.perf_counter() - t)
                     cell.requests += 1
                 else:
                     cell.errors += 1
+        finally:
+            connection.close()
 
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), seconds + REQUEST_TIMEOUT_S)
-        cell.seconds = time.perf_counter() - t0
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))), seconds + 2 * REQUEST_TIMEOUT_S)
+    cell.seconds = time.perf_counter() - t0
     return cell
 
 
@@ -194,7 +247,7 @@ def _servers(model_path: str, threads: int) -> Iterator[list[_Server]]:
     try:
         for name, command in _commands(model_path, threads).items():
             port = _free_port()
-            log = tempfile.TemporaryFile()
+            log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
             args = [a.replace("{port}", str(port)) for a in command]
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             started.append(_Server(name, f"http://{HOST}:{port}", process, log))
@@ -223,7 +276,8 @@ async def _vectors(url: str, texts: list[str]) -> np.ndarray:
             response.raise_for_status()
             rows.append(response.json()["data"][0]["embedding"])
     out = np.asarray(rows, dtype=np.float64)
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+    normed: np.ndarray = out / np.linalg.norm(out, axis=1, keepdims=True)
+    return normed
 
 
 async def _warm_up(servers: list[_Server], texts: _Texts) -> float:
@@ -274,7 +328,7 @@ def render_table(cells: dict[tuple[str, int], Cell], notes: dict[str, str]) -> s
         "# HTTP embeddings server load test",
         "",
         f"Single-text `POST /v1/embeddings` requests (~8 words, each unique) on loopback, model `{notes['model']}`, "
-        f"{notes['cores']} cores shared by the server and the client (one asyncio + httpx process); "
+        f"{notes['cores']} cores shared by the server and the client (one asyncio process, raw keep-alive HTTP/1.1); "
         f"{notes['budget']}. Smallest cosine between the two servers' vectors for the same texts: "
         f"{notes['agreement']}.",
         "",

@@ -16,7 +16,9 @@ The default host is loopback; ``--api-key`` (or ``$EMBELLAMA_API_KEY``) requires
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -65,6 +67,29 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
+class _Histogram:
+    """Running Prometheus histogram: bucket counts, sum and count (constant memory)."""
+
+    def __init__(self, name: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.buckets = name, buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+        self.total += value
+        self.n += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# TYPE {self.name} histogram"]
+        lines += [f'{self.name}_bucket{{le="{b}"}} {c}' for b, c in zip(self.buckets, self.counts, strict=True)]
+        lines += [f'{self.name}_bucket{{le="+Inf"}} {self.n}', f"{self.name}_sum {self.total}"]
+        return [*lines, f"{self.name}_count {self.n}"]
+
+
 @dataclass
 class _Metrics:
     """Counters and histograms, rendered in Prometheus' text format."""
@@ -73,8 +98,8 @@ class _Metrics:
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     texts: int = 0
     tokens: int = 0
-    latency: list[float] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
+    latency: _Histogram = field(default_factory=lambda: _Histogram("embellama_request_seconds", LATENCY_BUCKETS))
+    batch_sizes: _Histogram = field(default_factory=lambda: _Histogram("embellama_request_texts", BATCH_BUCKETS))
     queued: int = 0
 
     def render(self) -> str:
@@ -87,19 +112,8 @@ class _Metrics:
         lines += ["# TYPE embellama_texts_total counter", f"embellama_texts_total {self.texts}"]
         lines += ["# TYPE embellama_tokens_total counter", f"embellama_tokens_total {self.tokens}"]
         lines += ["# TYPE embellama_queued_texts gauge", f"embellama_queued_texts {self.queued}"]
-        lines += _histogram("embellama_request_seconds", self.latency, LATENCY_BUCKETS)
-        lines += _histogram("embellama_request_texts", [float(b) for b in self.batch_sizes], BATCH_BUCKETS)
+        lines += self.latency.render() + self.batch_sizes.render()
         return "\n".join(lines) + "\n"
-
-
-def _histogram(name: str, values: list[float], buckets: tuple[float, ...]) -> list[str]:
-    lines = [f"# TYPE {name} histogram"]
-    for bound in buckets:
-        lines.append(f'{name}_bucket{{le="{bound}"}} {sum(1 for v in values if v <= bound)}')
-    lines.append(f'{name}_bucket{{le="+Inf"}} {len(values)}')
-    lines.append(f"{name}_sum {sum(values)}")
-    lines.append(f"{name}_count {len(values)}")
-    return lines
 
 
 def create_app(
@@ -120,11 +134,14 @@ def create_app(
     limits = limits or ServerLimits()
     metrics = _Metrics()
 
-    def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(
+        handler: Callable[[Request], Awaitable[Response]], *, guarded: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+                supplied = request.headers.get("authorization", "")
+                if api_key is not None and guarded and not hmac.compare_digest(supplied, f"Bearer {api_key}"):
                     raise ApiError(401, "missing or invalid API key", "authentication_error", code="invalid_api_key")
                 response = await handler(request)
             except ApiError as exc:
@@ -134,7 +151,7 @@ def create_app(
                 metrics.errors["server_error"] += 1
                 response = ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").response()
             metrics.requests[(request.url.path, response.status_code)] += 1
-            metrics.latency.append(time.perf_counter() - started)
+            metrics.latency.observe(time.perf_counter() - started)
             return response
 
         return run
@@ -143,9 +160,13 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise ApiError(413, f"request body over {limits.max_body_bytes} bytes", "request_too_large")
-        raw = await request.body()
-        if len(raw) > limits.max_body_bytes:
-            raise ApiError(413, f"request body over {limits.max_body_bytes} bytes", "request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # counted while read: a chunked upload is refused before it ends
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise ApiError(413, f"request body over {limits.max_body_bytes} bytes", "request_too_large")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             data = json.loads(raw)
         except ValueError as exc:
@@ -218,10 +239,7 @@ def create_app(
                            param="dimensions")  # fmt: skip
         async with queued(len(texts)):
             try:
-                rows = await engine.aembed_batch(
-                    name, texts, output="numpy", prompt=data.get("prompt"), prompt_name=data.get("prompt_name")
-                )
-                tokens = await engine.acount_tokens(
+                rows, tokens = await engine.aembed_with_usage(
                     name, texts, prompt=data.get("prompt"), prompt_name=data.get("prompt_name")
                 )
             except InvalidInputError as exc:
@@ -234,7 +252,7 @@ def create_app(
                 rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         metrics.texts += len(texts)
         metrics.tokens += tokens
-        metrics.batch_sizes.append(len(texts))
+        metrics.batch_sizes.observe(len(texts))
         items = []
         for i, row in enumerate(rows):
             vector: Any = (
@@ -262,7 +280,7 @@ def create_app(
             except ConfigurationError as exc:
                 raise ApiError(400, str(exc), "invalid_request_error") from None
         metrics.texts += len(documents)
-        metrics.batch_sizes.append(len(documents))
+        metrics.batch_sizes.observe(len(documents))
         results = []
         for ranked in ranking.top:
             item: dict[str, Any] = {"index": ranked.index, "relevance_score": ranked.score}
@@ -298,10 +316,16 @@ def create_app(
         Route("/embeddings", endpoint(embeddings), methods=["POST"]),
         Route("/v1/rerank", endpoint(rerank), methods=["POST"]),
         Route("/v1/models", endpoint(models), methods=["GET"]),
-        Route("/health", endpoint(health), methods=["GET"]),
+        Route("/health", endpoint(health, guarded=False), methods=["GET"]),  # liveness probes carry no key
         Route("/metrics", endpoint(prometheus), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(status, "server_error")
+        return ApiError(status, f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}", kind).response()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: http_error, 405: http_error})
     app.state.metrics = metrics
     return app
 
@@ -338,4 +362,10 @@ def serve(
     for name, path in models:
         engine.load_model(ModelConfig(model_path=path, model_name=name, **model_options))
     app = create_app(engine, api_key=api_key, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+    # uvicorn re-raises the signal it stopped on once its shutdown is done; a graceful stop should exit 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -36,6 +36,7 @@ class EmbeddingCache:
         self.capacity = capacity
         self._data: OrderedDict[Hashable, npt.NDArray[np.float32]] = OrderedDict()
         self._cut: dict[Hashable, int] = {}  # key -> token count before the cut, for texts the model truncated
+        self._tokens: dict[Hashable, int] = {}  # key -> the text's token count (usage of answers from the cache)
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -45,9 +46,9 @@ class EmbeddingCache:
         entry = self.get_entry(key)
         return None if entry is None else entry[0]
 
-    def get_entry(self, key: Hashable) -> tuple[npt.NDArray[np.float32], int | None] | None:
-        """The cached vector for ``key`` and, if the text was cut to the model's limit, its token count before the
-        cut; None on a miss."""
+    def get_entry(self, key: Hashable) -> tuple[npt.NDArray[np.float32], int | None, int] | None:
+        """The cached vector for ``key``, the text's token count before a cut if the model cut it, and its token
+        count; None on a miss."""
         if self.capacity == 0:
             return None
         with self._lock:
@@ -57,11 +58,11 @@ class EmbeddingCache:
                 return None
             self._data.move_to_end(key)
             self._hits += 1
-            return value, self._cut.get(key)
+            return value, self._cut.get(key), self._tokens.get(key, 0)
 
-    def put(self, key: Hashable, vector: npt.NDArray[np.float32], cut_from: int | None = None) -> None:
-        """Store a copy of ``vector`` under ``key`` (``cut_from``: the text's token count before truncation),
-        evicting the least recently used entry when full."""
+    def put(self, key: Hashable, vector: npt.NDArray[np.float32], cut_from: int | None = None, tokens: int = 0) -> None:
+        """Store a copy of ``vector`` under ``key`` (``cut_from``: the text's token count before truncation;
+        ``tokens``: its token count), evicting the least recently used entry when full."""
         if self.capacity == 0:
             return
         stored = np.array(vector, dtype=np.float32, copy=True)
@@ -71,15 +72,19 @@ class EmbeddingCache:
             self._data.move_to_end(key)
             if cut_from is not None:
                 self._cut[key] = cut_from
+            if tokens:
+                self._tokens[key] = tokens
             while len(self._data) > self.capacity:
                 old, _ = self._data.popitem(last=False)
                 self._cut.pop(old, None)
+                self._tokens.pop(old, None)
 
     def clear(self) -> None:
         """Drop every entry and reset the counters."""
         with self._lock:
             self._data.clear()
             self._cut.clear()
+            self._tokens.clear()
             self._hits = self._misses = 0
 
     def after_fork_in_child(self) -> None:

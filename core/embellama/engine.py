@@ -513,6 +513,21 @@ class EmbeddingEngine:
         rows = await self._arun(model, plan, "numpy", None)
         return _reranking(rows, documents, top_n, normalize)
 
+    async def aembed_with_usage(
+        self,
+        name: str,
+        texts: Iterable[str],
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> tuple[FloatArray, int]:
+        """:meth:`aembed_batch` (numpy output) and the request's token count, from the same pass (a server's
+        ``usage``; answers from the cache count the tokens remembered with them)."""
+        model = self._serving(name)
+        plan = await adrive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name))
+        rows = await self._arun(model, plan, "numpy", None)
+        return rows, plan.tokens
+
     def count_tokens(
         self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
     ) -> int:

@@ -52,6 +52,8 @@ class Plan:
     """A lone text (``embed``): errors name no index."""
     truncated: dict[int, int] = field(default_factory=dict)
     """Texts the model cut to its limit: caller's index -> token count before the cut."""
+    tokens: int = 0
+    """Tokens of the request's valid texts (from the workers, or remembered by the cache): its usage."""
 
     @property
     def done_at_start(self) -> int:
@@ -128,6 +130,7 @@ def plan_request(
                 missing.append(i)
                 continue
             plan.rows[i] = hit[0]
+            plan.tokens += hit[2]
             if hit[1] is not None:  # answered from the cache, but still the vector of a cut text: say so
                 plan.truncated[i] = hit[1]
         yield
@@ -168,10 +171,11 @@ def assemble(plan: Plan, results: list[JobResult], output: Output, cache: Embedd
             plan.errors[chunk[position]] = err
         for position, n_tokens in result.truncated.items():
             plan.truncated[chunk[position]] = n_tokens
+        plan.tokens += result.tokens
         for position, i in enumerate(chunk):
             key = plan.keys[i]
             if position not in result.errors and key is not None:
-                cache.put(key, plan.rows[i], result.truncated.get(position))
+                cache.put(key, plan.rows[i], result.truncated.get(position), result.token_counts[position])
         done += len(chunk)
         if done >= SLICE:
             done = 0

@@ -104,8 +104,10 @@ def run_round(
             outcomes.append(next(iter(errors.values())))
             continue
         width = 0 if check_only else model.output_width
-        n_tokens = sum(ready.n_tokens for _, ready in prepared)
-        outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated, n_tokens))
+        counts = [0] * len(texts)
+        for position, ready in prepared:
+            counts[position] = ready.n_tokens
+        outcomes.append(JobResult(np.full((len(texts), width), np.nan, dtype=np.float32), errors, truncated, counts))
         if check_only:
             continue
         for position, ready in prepared:

@@ -60,8 +60,13 @@ class JobResult:
     """Errors by position in the job (each error's ``index`` is the caller's absolute index)."""
     truncated: dict[int, int] = field(default_factory=dict)
     """Texts cut to the model's limit (``truncate=True``): position in the job -> token count before the cut."""
-    tokens: int = 0
-    """Tokens of the job's valid texts (before any cut), special tokens included."""
+    token_counts: list[int] = field(default_factory=list)
+    """Tokens of each text of the job (before any cut, special tokens included; 0 for an invalid one)."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the job's valid texts."""
+        return sum(self.token_counts)
 
 
 Item = str | tuple[str, str]
