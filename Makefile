@@ -1,4 +1,4 @@
-# Two set-up commands: `make demo` and `make test`. Each creates .venv if missing, installs the project (building
+# Two set-up commands: `make demo` and `make test` (`make demo CUDA=1` builds llama-cpp-python with CUDA). Each creates .venv if missing, installs the project (building
 # llama-cpp-python with CPU flags derived from this machine, cached), builds the default model, then runs.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.embellama-runtime
 STAMP := $(VENV)/.embellama-installed
 PYTEST_ARGS ?=
+CUDA ?= 0
+export EMBELLAMA_CUDA := $(CUDA)
 
 .PHONY: install model demo test lint typecheck stress bench clean
 

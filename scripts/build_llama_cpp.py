@@ -9,7 +9,10 @@ The wheel is built with ``--no-cache-dir`` into a cache folder keyed by version 
 cache (which ignores ``CMAKE_ARGS``) can never hand a native build to this project, and later installs reuse
 our build instead of compiling again (about 6 minutes on 2 cores).
 
-Usage: ``python scripts/build_llama_cpp.py [--python VENV_PYTHON] [--print-flags]``
+With ``--cuda`` (or ``EMBELLAMA_CUDA=1``) the wheel is built with ``-DGGML_CUDA=ON`` for the installed CUDA
+toolkit (``nvcc`` on PATH, or ``CUDACXX``); the wheel cache key includes it, so CPU and CUDA builds never mix.
+
+Usage: ``python scripts/build_llama_cpp.py [--python VENV_PYTHON] [--cuda] [--print-flags]``
 """
 
 from __future__ import annotations
@@ -52,16 +55,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cmake_args(flags: set[str] | None = None, machine: str | None = None) -> list[str]:
-    """CMake options for a portable build matching this CPU, never using AMX."""
+def cmake_args(flags: set[str] | None = None, machine: str | None = None, cuda: bool = False) -> list[str]:
+    """CMake options for a portable build matching this CPU, never using AMX (plus CUDA when asked)."""
     machine = machine or platform.machine()
+    gpu = ["-DGGML_CUDA=ON"] if cuda else []
     if machine not in ("x86_64", "AMD64"):
-        return []  # the AMX fault is x86-only; keep llama.cpp's native default elsewhere
+        return gpu  # the AMX fault is x86-only; keep llama.cpp's native default elsewhere
     flags = cpu_flags() if flags is None else flags
     args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
     for flag, option in X86_FLAG_OPTIONS:
         args.append(f"-D{option}={'ON' if flag in flags else 'OFF'}")
-    return args
+    return args + gpu
 
 
 def cache_dir() -> Path:
@@ -70,9 +74,9 @@ def cache_dir() -> Path:
     return root / "wheels"
 
 
-def build(python: str, force: bool = False) -> Path:
+def build(python: str, force: bool = False, cuda: bool = False) -> Path:
     """Build (or reuse) the wheel and install it into ``python``'s environment."""
-    args = cmake_args()
+    args = cmake_args(cuda=cuda)
     key = hashlib.sha256(" ".join([LLAMA_CPP_PYTHON_VERSION, *args]).encode()).hexdigest()[:12]
     out = cache_dir() / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}-{key}"
     wheels = sorted(out.glob("llama_cpp_python-*.whl"))
@@ -118,11 +122,17 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="interpreter of the target environment")
     parser.add_argument("--print-flags", action="store_true", help="print the CMake options and exit")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached wheel exists")
+    parser.add_argument(
+        "--cuda",
+        action="store_true",
+        default=os.environ.get("EMBELLAMA_CUDA", "") not in ("", "0"),
+        help="build with CUDA (-DGGML_CUDA=ON; default: $EMBELLAMA_CUDA)",
+    )
     ns = parser.parse_args()
     if ns.print_flags:
-        print(" ".join(cmake_args()))
+        print(" ".join(cmake_args(cuda=ns.cuda)))
         return
-    print(f"installed {build(ns.python, force=ns.force).name}")
+    print(f"installed {build(ns.python, force=ns.force, cuda=ns.cuda).name}")
 
 
 if __name__ == "__main__":

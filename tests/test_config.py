@@ -89,3 +89,10 @@ def test_thread_default_splits_cores_between_workers() -> None:
 def test_engine_config_validation(changes: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         EngineConfig(**changes)
+
+
+def test_gpu_offload_defaults_to_one_worker() -> None:
+    """With layers on a GPU one context with large decodes suits the device; an explicit n_workers still wins."""
+    assert ModelConfig(model_path="m.gguf", n_gpu_layers=-1).n_workers == 1
+    assert ModelConfig(model_path="m.gguf", n_gpu_layers=8, n_workers=3).n_workers == 3
+    assert ModelConfig(model_path="m.gguf").n_workers == default_worker_count()

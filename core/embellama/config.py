@@ -148,9 +148,11 @@ class ModelConfig:
     n_threads: int | None = None
     """Threads of each model instance. Defaults to the usable cores divided by ``n_workers``."""
 
-    n_workers: int = dataclasses.field(default_factory=default_worker_count)
+    n_workers: int = None  # type: ignore[assignment]  # resolved in __post_init__
     """Model instances serving this model, each owned by its own thread. Defaults to one per usable core (at
-    most 4, see :func:`default_worker_count`), so each instance runs one thread."""
+    most 4, see :func:`default_worker_count`), so each instance runs one thread — or to one when layers are
+    offloaded to a GPU (``n_gpu_layers != 0``), where a single context with large decodes suits the device (GPU
+    defaults are not verified on a GPU yet)."""
 
     n_gpu_layers: int = 0
     """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build. Defaults to 0."""
@@ -206,6 +208,9 @@ class ModelConfig:
         _check_positive("batch_tokens", self.batch_tokens, allow_none=False, maximum=1 << 16)
         _check_positive("max_texts_per_decode", self.max_texts_per_decode, allow_none=False, maximum=LLAMA_MAX_SEQ)
         _check_positive("n_threads", self.n_threads, maximum=1024)
+        if self.n_workers is None:
+            gpu = isinstance(self.n_gpu_layers, int) and not isinstance(self.n_gpu_layers, bool) and self.n_gpu_layers
+            object.__setattr__(self, "n_workers", 1 if gpu else default_worker_count())
         _check_positive("n_workers", self.n_workers, allow_none=False, maximum=64)
         if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
             raise ConfigurationError(f"n_gpu_layers must be an integer >= -1, got {self.n_gpu_layers!r}")
