@@ -362,7 +362,10 @@ def serve(
     for name, path in models:
         engine.load_model(ModelConfig(model_path=path, model_name=name, **model_options))
     app = create_app(engine, api_key=api_key, limits=limits)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30, timeout_keep_alive=30
+    )
+    server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped on once its shutdown is done; a graceful stop should exit 0
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
