@@ -1,4 +1,4 @@
-"""Command line: ``embellama embed | rerank | serve | info | default-model | demo``."""
+"""Command line: ``embellama embed | rerank | serve | ingest | info | default-model | demo``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,8 @@ from .gguf import read_header
 __all__ = ["main"]
 
 
-def _progress_bar(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A stderr progress callback (tqdm when installed) and its closer."""
+def _progress_bar(total: int, unit: str = "text") -> tuple[Callable[[int, int], None], Callable[[], object]]:
+    """A stderr progress callback (tqdm when installed) and its closer (``total`` 0: taken from the callback)."""
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the progress extra
@@ -30,12 +31,14 @@ def _progress_bar(total: int) -> tuple[Callable[[int, int], None], Callable[[], 
             print(f"\r{done}/{total_}", end="", file=sys.stderr, flush=True)
 
         return report, lambda: print(file=sys.stderr)
-    bar = tqdm(total=total, unit="text", file=sys.stderr)
+    bars: list[Any] = []  # made at the first update, so an early error prints no empty bar
 
     def update(done: int, total_: int) -> None:
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total or total_, unit=unit, file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
-    return update, bar.close
+    return update, lambda: bars and bars[0].close()
 
 
 def _cmd_embed(ns: argparse.Namespace) -> int:
@@ -55,7 +58,7 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
     with EmbeddingEngine(cache_size=0) as engine:
         engine.load_model(config)
         report: Callable[[int, int], None] | None = None
-        close: Callable[[], None] = lambda: None  # noqa: E731
+        close: Callable[[], object] = lambda: None  # noqa: E731
         if not ns.quiet:
             report, close = _progress_bar(len(texts))
         try:
@@ -151,6 +154,45 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(ns: argparse.Namespace) -> int:
+    try:
+        from embellama_integrations.ingest import ingest
+    except ImportError as exc:  # pragma: no cover - pyarrow/lancedb missing
+        print(f"embellama ingest needs lancedb and pyarrow (pip install lancedb): {exc}", file=sys.stderr)
+        return 2
+    report: Callable[[int, int], None] | None = None
+    close: Callable[[], object] = lambda: None  # noqa: E731
+    if not ns.quiet:
+        report, close = _progress_bar(0, unit="row")
+    options = {"truncate": True} if ns.truncate else {}
+    try:
+        result = ingest(
+            ns.corpus,
+            ns.db,
+            table=ns.table,
+            text_column=ns.text_column,
+            id_column=ns.id_column,
+            model_path=ns.model,
+            ray_address=ns.ray,
+            num_actors=ns.num_actors,
+            batch_size=ns.batch_size,
+            mode=ns.mode,
+            on_error="collect" if ns.skip_bad_rows else "raise",
+            progress=report,
+            **options,
+        )
+    finally:
+        close()
+    for row_id, error in result.errors.items():
+        print(f"skipped {row_id}: {error}", file=sys.stderr)
+    print(
+        f"ingested {result.written} of {result.rows} rows into {ns.db} table {ns.table!r} in {result.seconds:.1f} s "
+        f"({result.texts_per_second:.0f} rows/s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="embellama", description="Local GGUF text embeddings on llama.cpp.")
@@ -184,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=None, help="require this bearer token (default: $EMBELLAMA_API_KEY)")
     srv.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of answering 400")
     srv.set_defaults(func=_cmd_serve)
+    ing = sub.add_parser("ingest", help="embed a JSONL/Parquet corpus into a LanceDB table (optionally on Ray)")
+    ing.add_argument("corpus", help="JSONL or Parquet file: one document per row")
+    ing.add_argument("--db", required=True, help="LanceDB directory (created if missing)")
+    ing.add_argument("--table", default="documents", help="table name (default: documents)")
+    ing.add_argument("-m", "--model", help="GGUF path (default: the default model)")
+    ing.add_argument("--text-column", default="text", help="column to embed (default: text)")
+    ing.add_argument("--id-column", default="id", help="row id column (default: id; row numbers if missing)")
+    ing.add_argument("--ray", metavar="ADDRESS", help="embed on Ray: 'local', 'auto' or a cluster address")
+    ing.add_argument("--num-actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    ing.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
+    ing.add_argument("--mode", default="create", choices=["create", "overwrite", "append"], help="table write mode")
+    ing.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
+    ing.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (listed) instead of failing")
+    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ing.set_defaults(func=_cmd_ingest)
     info = sub.add_parser("info", help="print a GGUF model's metadata as JSON")
     info.add_argument("path")
     info.add_argument("--all", action="store_true", help="include every metadata key")
