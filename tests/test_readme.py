@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def _blocks() -> list[tuple[int, str]]:
 
 
 BLOCKS = _blocks()
+# the scale-out example starts a local Ray cluster: a short private temp dir (socket paths) and no auth token
+_RAY_ENV = {"RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-readme-", dir="/tmp"), "RAY_AUTH_MODE": "disabled"}
 
 
 def _runnable(code: str) -> str:
@@ -55,7 +58,7 @@ def test_readme_example_runs(line: int, code: str, model_path: Path, tmp_path: P
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "EMBELLAMA_MODEL_PATH": str(model_path)},
+        env={**os.environ, "EMBELLAMA_MODEL_PATH": str(model_path), **_RAY_ENV},
     )
     assert proc.returncode == 0, f"README.md line {line} failed:\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
