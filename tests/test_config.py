@@ -96,3 +96,15 @@ def test_gpu_offload_defaults_to_one_worker() -> None:
     assert ModelConfig(model_path="m.gguf", n_gpu_layers=-1).n_workers == 1
     assert ModelConfig(model_path="m.gguf", n_gpu_layers=8, n_workers=3).n_workers == 3
     assert ModelConfig(model_path="m.gguf").n_workers == default_worker_count()
+
+
+def test_decode_shape_defaults_follow_the_device() -> None:
+    cpu = ModelConfig(model_path="m.gguf")
+    assert (cpu.batch_tokens, cpu.max_texts_per_decode) == (256, 8)
+    gpu = ModelConfig(model_path="m.gguf", n_gpu_layers=-1)
+    assert (gpu.n_workers, gpu.batch_tokens, gpu.max_texts_per_decode) == (1, 2048, 64)
+    mine = ModelConfig(model_path="m.gguf", n_gpu_layers=-1, batch_tokens=512, max_texts_per_decode=16)
+    assert (mine.batch_tokens, mine.max_texts_per_decode) == (512, 16)  # the user's choice wins
+    assert ModelConfig(model_path="m.gguf", n_gpu_layers=-1, batch_tokens=32).max_texts_per_decode == 32
+    assert ModelConfig(model_path="m.gguf", batch_tokens=4).max_texts_per_decode == 4  # bounded by the budget
+

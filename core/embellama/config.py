@@ -24,6 +24,7 @@ __all__ = [
     "Pooling",
     "default_thread_count",
     "default_worker_count",
+    "decode_defaults",
     "option_docs",
 ]
 
@@ -91,6 +92,22 @@ def default_thread_count(n_workers: int = 1) -> int:
     return max(1, usable_cores() // max(1, n_workers))
 
 
+CPU_DECODE = {"batch_tokens": 256, "max_texts_per_decode": 8}
+"""Decode shape defaults on CPU (measured best on the default model, see ``ModelConfig.batch_tokens``)."""
+GPU_DECODE = {"batch_tokens": 2048, "max_texts_per_decode": 64}
+"""Decode shape defaults with layers offloaded to a GPU: large decodes keep the device busy (not yet verified on
+a GPU)."""
+
+
+def decode_defaults(*, gpu: bool) -> dict[str, int]:
+    """Defaults of the options that depend on the device: ``n_workers``, ``batch_tokens``,
+    ``max_texts_per_decode``. On CPU, one single-thread model instance per core with small decodes; with layers on
+    a GPU, one instance (one context feeds the device) with large decodes."""
+    if gpu:
+        return {"n_workers": 1, **GPU_DECODE}
+    return {"n_workers": default_worker_count(), **CPU_DECODE}
+
+
 def _check_positive(name: str, value: int | None, *, allow_none: bool = True, maximum: int | None = None) -> None:
     if value is None:
         if not allow_none:
@@ -135,15 +152,18 @@ class ModelConfig:
     """Input limit in tokens, at most the model's own. Defaults to the model's limit (sentence-transformers'
     ``max_seq_length`` when recorded in the GGUF, else the training context)."""
 
-    batch_tokens: int = 256
+    batch_tokens: int = None  # type: ignore[assignment]  # resolved in __post_init__
     """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Raised at load to the input limit when
-    that is larger, since a non-causal sequence must fit in one decode. Defaults to 256: llama.cpp keeps a
+    that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on CPU: llama.cpp keeps a
     vocabulary-sized output row per token of the largest decode (31 MB per 256 tokens for a 30k vocabulary), and
-    512 measured no faster."""
+    512 measured no faster. With layers offloaded to a GPU (``n_gpu_layers != 0``) it defaults to 2048: a GPU
+    needs large decodes to be busy (not verified on a GPU yet). Decoders' budgets are also capped by their
+    vocabulary (see :mod:`embellama.sizing`)."""
 
-    max_texts_per_decode: int = 8
-    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8, measured
-    best on the default model (more sequences per decode was slower)."""
+    max_texts_per_decode: int = None  # type: ignore[assignment]  # resolved in __post_init__
+    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8 on CPU,
+    measured best on the default model (more sequences per decode was slower), and to 64 with layers offloaded to
+    a GPU (large decodes; not verified on a GPU yet)."""
 
     n_threads: int | None = None
     """Threads of each model instance. Defaults to the usable cores divided by ``n_workers``."""
@@ -205,15 +225,17 @@ class ModelConfig:
             raise ConfigurationError(f"model_name must be a non-empty string, got {self.model_name!r}")
         _check_positive("dimensions", self.dimensions)
         _check_positive("max_tokens", self.max_tokens)
+        if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
+            raise ConfigurationError(f"n_gpu_layers must be an integer >= -1, got {self.n_gpu_layers!r}")
+        for name, value in decode_defaults(gpu=self.n_gpu_layers != 0).items():
+            if getattr(self, name) is None:
+                if name == "max_texts_per_decode" and isinstance(self.batch_tokens, int):
+                    value = max(1, min(value, self.batch_tokens))  # a smaller budget the user chose bounds it
+                object.__setattr__(self, name, value)
         _check_positive("batch_tokens", self.batch_tokens, allow_none=False, maximum=1 << 16)
         _check_positive("max_texts_per_decode", self.max_texts_per_decode, allow_none=False, maximum=LLAMA_MAX_SEQ)
         _check_positive("n_threads", self.n_threads, maximum=1024)
-        if self.n_workers is None:
-            gpu = isinstance(self.n_gpu_layers, int) and not isinstance(self.n_gpu_layers, bool) and self.n_gpu_layers
-            object.__setattr__(self, "n_workers", 1 if gpu else default_worker_count())
         _check_positive("n_workers", self.n_workers, allow_none=False, maximum=64)
-        if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
-            raise ConfigurationError(f"n_gpu_layers must be an integer >= -1, got {self.n_gpu_layers!r}")
         if self.max_texts_per_decode > self.batch_tokens:
             # llama.cpp asserts n_ubatch >= n_seq_max when pooling
             raise ConfigurationError(
