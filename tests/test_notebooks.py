@@ -14,7 +14,13 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_the_expected_notebooks_exist() -> None:
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_langchain_retrieval", "03_llama_index_ingestion", "04_rerank", "05_scale_out_ray"} <= names
+    assert {
+        "01_quickstart",
+        "02_langchain_retrieval",
+        "03_llama_index_ingestion",
+        "04_rerank",
+        "05_scale_out_ray",
+    } <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
