@@ -17,7 +17,7 @@ MODEL_NAME = "minilm"
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    """The default all-MiniLM-L6-v2 F16 GGUF."""
+    """The default all-MiniLM-L6-v2 GGUF (BF16 on CPUs with AVX512_BF16, else F16)."""
     return default_model_path()
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from embellama import ModelNotFoundError, default_model_path
 from embellama.cli import main
-from embellama.default_model import DEFAULT_MODEL_FILE
+from embellama.default_model import default_model_file
 
 
 def test_default_model_is_cached(model_path: Path) -> None:
-    assert model_path.name == DEFAULT_MODEL_FILE
+    assert model_path.name == default_model_file()
     assert default_model_path(build=False) == model_path
 
 
@@ -41,7 +41,7 @@ def test_default_model_builds_atomically(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
     built = default_model_path()
     assert built.parent == tmp_path / "models" and built.stat().st_size > 40_000_000
-    assert [p.name for p in built.parent.iterdir()] == [DEFAULT_MODEL_FILE]  # no temp file left behind
+    assert [p.name for p in built.parent.iterdir()] == [default_model_file()]  # no temp file left behind
     assert built.read_bytes()[:4] == b"GGUF"
 
 

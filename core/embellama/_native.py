@@ -297,7 +297,7 @@ def amx_crash_risk(info: str | None = None, cpu_flags: set[str] | None = None) -
         return (
             "this llama-cpp-python build uses AMX kernels but the OS does not enable AMX (no 'amx_tile' in "
             "/proc/cpuinfo): quantized models would crash the process. Rebuild llama-cpp-python without "
-            "GGML_NATIVE (see README: 'Building llama-cpp-python'), use an F16/F32 model, or pass "
+            "GGML_NATIVE (see README: 'Building llama-cpp-python'), use an F16/BF16/F32 model, or pass "
             "isolation='process'"
         )
     return None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MODEL_OPTIONS, ModelConfig
-from .default_model import DEFAULT_MODEL_FILE, cache_dir, default_model_path
+from .default_model import cache_dir, default_model_file, default_model_path
 from .engine import EmbeddingEngine, ProgressCallback, in_thread
 from .errors import ConfigurationError, InvalidInputError
 from .families import detect_family
@@ -287,7 +287,11 @@ class EmbeddingClient(FromPretrained):
 
     @property
     def _builds_default(self) -> bool:
-        return self.config is not None and Path(self.config.model_path) == _default_model_file()
+        if self.config is None:
+            return False
+        path = Path(self.config.model_path)
+        # the parent first: a model given by path never reads (or trips over) $EMBELLAMA_DEFAULT_WEIGHTS
+        return path.parent == cache_dir() / "models" and path == _default_model_file()
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable state: options only; the other side registers the model in its own shared engine."""
@@ -441,7 +445,7 @@ _OUTER_BAR: ContextVar[_OuterBar | None] = ContextVar("embellama_outer_progress"
 
 
 def _default_model_file() -> Path:
-    return cache_dir() / "models" / DEFAULT_MODEL_FILE
+    return cache_dir() / "models" / default_model_file()
 
 
 def _names_a_file(name: str) -> bool:
