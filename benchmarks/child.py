@@ -30,6 +30,8 @@ _PREIMPORT = {
     "raw-batch": ["llama_cpp"],
     "langchain-llamacpp": ["llama_cpp", "langchain_community.embeddings"],
     "sentence-transformers": ["torch", "sentence_transformers"],
+    "onnxruntime": ["onnxruntime", "tokenizers"],
+    "onnxruntime-int8": ["onnxruntime", "tokenizers"],
 }
 _BUSY = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 

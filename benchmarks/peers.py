@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PEERS", "Peer", "PeerSpec", "build_peer", "cores"]
+__all__ = ["PEERS", "ST_DIR_KINDS", "Peer", "PeerSpec", "build_peer", "cores"]
 
 Vectors = npt.NDArray[np.float32]
 
@@ -160,6 +160,18 @@ def _sentence_transformers(st_dir: Path, options: dict[str, Any]) -> Peer:
     )
 
 
+def _onnxruntime(st_dir: Path, options: dict[str, Any]) -> Peer:
+    from .onnx_peer import build_onnx_peer
+
+    return build_onnx_peer(st_dir, options, int8=False)
+
+
+def _onnxruntime_int8(st_dir: Path, options: dict[str, Any]) -> Peer:
+    from .onnx_peer import build_onnx_peer
+
+    return build_onnx_peer(st_dir, options, int8=True)
+
+
 _BUILDERS: dict[str, Callable[[Path, dict[str, Any]], Peer]] = {
     "embellama": _embellama,
     "langchain-embellama": _langchain_embellama,
@@ -167,12 +179,18 @@ _BUILDERS: dict[str, Callable[[Path, dict[str, Any]], Peer]] = {
     "raw-batch": _raw_batch,
     "langchain-llamacpp": _langchain_llamacpp,
     "sentence-transformers": _sentence_transformers,
+    "onnxruntime": _onnxruntime,
+    "onnxruntime-int8": _onnxruntime_int8,
 }
+
+ST_DIR_KINDS = frozenset({"sentence-transformers", "onnxruntime", "onnxruntime-int8"})
+"""Peers that load the safetensors folder rather than the GGUF."""
 
 
 def build_peer(spec: PeerSpec, gguf: Path, st_dir: Path) -> Peer:
-    """Load the peer ``spec`` describes (``st_dir`` is used by sentence-transformers, ``gguf`` by the rest)."""
-    source = st_dir if spec.kind == "sentence-transformers" else gguf
+    """Load the peer ``spec`` describes (``st_dir`` is used by sentence-transformers and ONNX Runtime, ``gguf`` by
+    the rest)."""
+    source = st_dir if spec.kind in ST_DIR_KINDS else gguf
     return _BUILDERS[spec.kind](source, dict(spec.options))
 
 
@@ -232,5 +250,16 @@ PEERS: list[PeerSpec] = [
         description="`langchain_community` `LlamaCppEmbeddings.embed_documents`, defaults",
     ),
     PeerSpec("sentence-transformers", "sentence-transformers", description="`SentenceTransformer.encode`, defaults"),
+    PeerSpec(
+        "ONNX Runtime fp32",
+        "onnxruntime",
+        description="fastembed's CPU recipe: fp32 ONNX export, batches of 64 padded to the longest, all-core "
+        "intra-op threads, mean pooling + L2 in numpy (benchmarks/onnx_peer.py)",
+    ),
+    PeerSpec(
+        "ONNX Runtime int8",
+        "onnxruntime-int8",
+        description="the same with `quantize_dynamic` int8 weights (per channel)",
+    ),
 ]
 """The main contenders, in the order each round runs them."""

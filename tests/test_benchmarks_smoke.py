@@ -43,8 +43,8 @@ def test_report_helpers() -> None:
 
 @pytest.mark.timeout(300)
 def test_harness_end_to_end(tmp_path: Path) -> None:
-    """Every phase on a few texts, 1 round, a core peer and the sentence-transformers reference."""
-    peers = [p for p in PEERS if p.kind in ("embellama", "sentence-transformers")]
+    """Every phase on a few texts, 1 round, a core peer, ONNX Runtime fp32 and the sentence-transformers reference."""
+    peers = [p for p in PEERS if p.kind in ("embellama", "sentence-transformers", "onnxruntime")]
     data = run_benchmark(
         contention=peers[:1],
         rounds=1,
@@ -65,6 +65,7 @@ def test_harness_end_to_end(tmp_path: Path) -> None:
     assert core["async_conc_s"] > 0 and core["async_seq_s"] > 0
     # the same weights: embellama must agree with sentence-transformers, which checks both peers ran for real
     assert data["summary"]["quality_vs_st"]["embellama"] > 0.99
+    assert data["summary"]["quality_vs_st"]["ONNX Runtime fp32"] > 0.9999  # the export is checked, not just run
     md = (tmp_path / "latest.md").read_text()
     assert "| embellama |" in md and "| sentence-transformers |" in md and "## Targets" in md
     assert "## Competing load" in md
