@@ -347,7 +347,9 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("texts per second (median, min-max)")
     axes[1].set_yticklabels([])
-    fig.suptitle("embellama vs llama-cpp-python, LangChain, sentence-transformers (same weights, same machine)")
+    fig.suptitle(
+        "embellama vs llama-cpp-python, LangChain, sentence-transformers, ONNX Runtime (same weights, same machine)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
