@@ -107,4 +107,3 @@ def test_decode_shape_defaults_follow_the_device() -> None:
     assert (mine.batch_tokens, mine.max_texts_per_decode) == (512, 16)  # the user's choice wins
     assert ModelConfig(model_path="m.gguf", n_gpu_layers=-1, batch_tokens=32).max_texts_per_decode == 32
     assert ModelConfig(model_path="m.gguf", batch_tokens=4).max_texts_per_decode == 4  # bounded by the budget
-
