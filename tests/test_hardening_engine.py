@@ -40,11 +40,13 @@ from embellama.planning import split
 from embellama.quantize import quantize_model
 from embellama.types import Job
 
+from .conftest import BATCH_TOL
+
 pytestmark = pytest.mark.timeout(300)
 
 DIMS = 384
 SMALL = 128
-TOL = 3e-4  # batch composition and thread counts change the last bits, never more
+TOL = BATCH_TOL  # batch composition and thread counts change the last bits, never more
 SUBPROCESS_TIMEOUT = 120
 
 

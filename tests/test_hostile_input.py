@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from embellama import BatchResult, EmbeddingEngine, InvalidInputError
 
-from .conftest import MODEL_NAME
+from .conftest import BATCH_TOL, MODEL_NAME
 
 DIMS = 384
 LIMIT = 256  # all-MiniLM-L6-v2's max_seq_length, recorded in the GGUF
@@ -66,7 +66,7 @@ def test_hostile_but_valid_text_gets_a_unit_vector(engine: EmbeddingEngine, text
     single = engine.embed(MODEL_NAME, text, output="numpy")
     unit_rows([single])
     batch = engine.embed_batch(MODEL_NAME, ["filler", text, "more filler"], output="numpy")
-    np.testing.assert_allclose(unit_rows(batch)[1], single, atol=3e-4)
+    np.testing.assert_allclose(unit_rows(batch)[1], single, atol=BATCH_TOL)
 
 
 @pytest.mark.parametrize(("item", "reason"), INVALID_ITEMS, ids=[r for _, r in INVALID_ITEMS])
@@ -125,7 +125,7 @@ def test_one_megabyte_text_is_refused_or_truncated(engine: EmbeddingEngine, mode
         eng.load_model(ModelConfig(model_path=model_path, model_name="t", truncate=True))
         cut = eng.embed("t", big, output="numpy")
         at_limit = eng.embed("t", "word " * (LIMIT - 2), output="numpy")
-    np.testing.assert_allclose(cut, at_limit, atol=3e-4)  # truncation keeps the first 254 words + [SEP]
+    np.testing.assert_allclose(cut, at_limit, atol=BATCH_TOL)  # truncation keeps the first 254 words + [SEP]
     engine_still_serves(engine)
 
 
@@ -135,7 +135,7 @@ def test_generator_input(engine: EmbeddingEngine) -> None:
 
     rows = unit_rows(engine.embed_batch(MODEL_NAME, gen(), output="numpy"))
     assert rows.shape == (10, DIMS)
-    np.testing.assert_allclose(rows[3], engine.embed(MODEL_NAME, "generated text 3", output="numpy"), atol=3e-4)
+    np.testing.assert_allclose(rows[3], engine.embed(MODEL_NAME, "generated text 3", output="numpy"), atol=BATCH_TOL)
     assert engine.embed_batch(MODEL_NAME, iter([])) == []
 
 
@@ -143,7 +143,7 @@ def test_many_short_texts(engine: EmbeddingEngine) -> None:
     texts = [f"t{i}" for i in range(1000)]
     rows = unit_rows(engine.embed_batch(MODEL_NAME, texts, output="numpy"))
     assert rows.shape == (1000, DIMS)
-    np.testing.assert_allclose(rows[777], engine.embed(MODEL_NAME, "t777", output="numpy"), atol=3e-4)
+    np.testing.assert_allclose(rows[777], engine.embed(MODEL_NAME, "t777", output="numpy"), atol=BATCH_TOL)
 
 
 @pytest.mark.stress
@@ -153,7 +153,7 @@ def test_one_hundred_thousand_short_texts(engine: EmbeddingEngine) -> None:
     rows = engine.embed_batch(MODEL_NAME, texts, output="numpy", progress=lambda done, total: seen.append(done))
     unit_rows(rows)
     assert rows.shape == (100_000, DIMS) and seen[-1] == 100_000
-    np.testing.assert_allclose(rows[99_999], engine.embed(MODEL_NAME, texts[99_999], output="numpy"), atol=3e-4)
+    np.testing.assert_allclose(rows[99_999], engine.embed(MODEL_NAME, texts[99_999], output="numpy"), atol=BATCH_TOL)
 
 
 # ---------------------------------------------------------------------- one bad item in a batch
@@ -181,7 +181,7 @@ def test_batch_with_bad_items_can_collect_per_item_errors(engine: EmbeddingEngin
     assert all(result.embeddings[i] is None for i in bad)
     rows = unit_rows([result.embeddings[i] for i in good])
     reference = engine.embed_batch(MODEL_NAME, [texts[i] for i in good], output="numpy")
-    np.testing.assert_allclose(rows, reference, atol=3e-4)
+    np.testing.assert_allclose(rows, reference, atol=BATCH_TOL)
 
 
 async def test_async_collect_mode(engine: EmbeddingEngine) -> None:
@@ -203,7 +203,7 @@ def test_arbitrary_unicode_gives_unit_vectors_and_batch_equals_single(
     assert batch.shape == (len(texts), DIMS)
     for text, row in zip(texts, batch, strict=True):
         single = engine.embed(MODEL_NAME, text, output="numpy")
-        np.testing.assert_allclose(row, single, atol=3e-4)
+        np.testing.assert_allclose(row, single, atol=BATCH_TOL)
 
 
 @_SETTINGS
@@ -271,7 +271,7 @@ def test_adapters_embed_hostile_but_valid_texts(adapters: list[Any], kind: int) 
     rows = unit_rows(_docs(adapter, texts))
     assert rows.shape == (len(texts), DIMS)
     for i in (0, 4, len(texts) - 1):
-        np.testing.assert_allclose(unit_rows([_query(adapter, texts[i])])[0], rows[i], atol=3e-4)
+        np.testing.assert_allclose(unit_rows([_query(adapter, texts[i])])[0], rows[i], atol=BATCH_TOL)
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["langchain", "llama_index"])

@@ -30,6 +30,8 @@ from embellama import (
 )
 from embellama.isolation import ProcessBackend, describe_exit
 
+from .conftest import BATCH_TOL
+
 pytestmark = pytest.mark.timeout(300)
 
 NAME = "iso"
@@ -113,7 +115,7 @@ def kill_mid_batch(engine: EmbeddingEngine, sig: int, name: str = NAME, n: int =
 
 def test_results_equal_in_process_results(iso: EmbeddingEngine, reference: np.ndarray) -> None:
     rows = iso.embed_batch(NAME, TEXTS, output="numpy")
-    np.testing.assert_allclose(rows, reference, atol=3e-4)
+    np.testing.assert_allclose(rows, reference, atol=BATCH_TOL)
     info = iso.model_info(NAME)
     assert info.isolation == "process" and info.dimensions == 384
 
@@ -137,7 +139,7 @@ def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, 
     assert NAME in str(info.value) and str(before) in str(info.value)
     assert backend.crashes == crashes + 1
     # the parent is alive and the next request is served by a fresh child
-    np.testing.assert_allclose(iso.embed_batch(NAME, TEXTS, output="numpy"), reference, atol=3e-4)
+    np.testing.assert_allclose(iso.embed_batch(NAME, TEXTS, output="numpy"), reference, atol=BATCH_TOL)
     assert child_pid(iso) != before
     assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
 
@@ -165,7 +167,7 @@ def test_signal_mid_batch(iso: EmbeddingEngine, reference: np.ndarray, sig: sign
     pending = kill_mid_batch(iso, sig)
     with pytest.raises(ModelCrashedError, match=sig.name):
         pending.result(timeout=120)
-    np.testing.assert_allclose(iso.embed_batch(NAME, TEXTS, output="numpy"), reference, atol=3e-4)
+    np.testing.assert_allclose(iso.embed_batch(NAME, TEXTS, output="numpy"), reference, atol=BATCH_TOL)
     assert child_pid(iso) != before
 
 
@@ -184,15 +186,15 @@ def test_transparent_retry_on_a_restarted_worker(model_path: Path, reference: np
         pending = kill_mid_batch(eng, signal.SIGKILL, "retry", n=120)
         rows = pending.result(timeout=180)  # the killed chunks were re-run on a fresh child
         expected = eng.embed_batch("retry", [f"long batch text {i}" for i in range(120)], output="numpy")
-        np.testing.assert_allclose(rows, expected, atol=3e-4)
-        np.testing.assert_allclose(eng.embed_batch("retry", TEXTS, output="numpy"), reference, atol=3e-4)
+        np.testing.assert_allclose(rows, expected, atol=BATCH_TOL)
+        np.testing.assert_allclose(eng.embed_batch("retry", TEXTS, output="numpy"), reference, atol=BATCH_TOL)
         # a poison job exhausts its retries alone; jobs that crashed with it are retried one by one and succeed
         busy = eng.submit("retry", [f"warm {i}" for i in range(40)])
         bystanders = [eng.submit("retry", [TEXTS[i]]) for i in range(3)]
         poison = eng.submit("retry", [ABORT])
         busy.result(timeout=180)
         for i, f in enumerate(bystanders):
-            np.testing.assert_allclose(f.result(timeout=180).vectors[0], reference[i], atol=3e-4)
+            np.testing.assert_allclose(f.result(timeout=180).vectors[0], reference[i], atol=BATCH_TOL)
         with pytest.raises(ModelCrashedError, match="SIGABRT"):
             poison.result(timeout=180)
         backend = eng._models["retry"].pool.workers[0].backend

@@ -19,7 +19,7 @@ from embellama import ConfigurationError, EmbeddingEngine, default_model_path
 from embellama.client import shared_engine
 from embellama_integrations.langchain import EmbellamaEmbeddings
 
-from .conftest import MODEL_NAME
+from .conftest import BATCH_TOL, MODEL_NAME
 
 
 class TestEmbellamaEmbeddingsUnit(EmbeddingsUnitTests):
@@ -124,7 +124,7 @@ async def test_async_awaits_the_model_thread(engine: EmbeddingEngine, monkeypatc
     monkeypatch.setattr(loop, "run_in_executor", refuse)
     docs, query = await asyncio.gather(embeddings.aembed_documents(DOCS), embeddings.aembed_query("llama"))
     # concurrent requests share decodes, so packing (and the last float digits) may differ from the sync run
-    assert np.allclose(docs, sync_docs, atol=3e-4) and np.allclose(query, sync_query, atol=3e-4)
+    assert np.allclose(docs, sync_docs, atol=BATCH_TOL) and np.allclose(query, sync_query, atol=BATCH_TOL)
 
 
 def test_in_memory_vector_store(model_path: Path) -> None:

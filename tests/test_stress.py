@@ -18,13 +18,14 @@ import pytest
 
 from embellama import EmbeddingEngine, ModelConfig
 
+from .conftest import BATCH_TOL
 from .texts import BASE
 
 pytestmark = pytest.mark.timeout(900)
 
 TEXTS = [*BASE, *(f"stress text {i}: {BASE[i % len(BASE)]}" for i in range(70))]
 MAX_LOOP_LAG = 0.5  # seconds; generous for a loaded 2-core machine
-TOL = 3e-4  # batch composition and thread counts change the last bits, never more
+TOL = BATCH_TOL  # batch composition and thread counts change the last bits, never more
 
 
 @pytest.fixture(scope="module")
