@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from embellama.client import EmbeddingClient
-from embellama.config import MODEL_OPTIONS
 from embellama.engine import EmbeddingEngine
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.planning import OnError
@@ -194,10 +193,8 @@ def embed_dataset(
     for name, value in (("num_actors", num_actors), ("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-    unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
-    if unknown:
-        raise ConfigurationError(f"unknown option(s) {unknown}; model options are {sorted(MODEL_OPTIONS)}")
-    # validate every option here (no file is read), and resolve the default model once, not in each actor
+    # validate every option here (unknown names included; no file is read), and resolve the default model once,
+    # not in each actor
     client = EmbeddingClient(model_path, document_instruction=document_instruction, on_error=on_error, **model_options)
     path = client.model_path
     if model_path is None and not path.is_file():
