@@ -18,6 +18,7 @@ import pytest
 from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError, ModelConfig
 from embellama.cli import main as cli_main
 
+from .conftest import BATCH_TOL
 from .rerankers import SAMPLE_DOCUMENTS, SAMPLE_QUERY, CrossEncoderFixture, cross_encoder
 
 QUERIES = [SAMPLE_QUERY, "How do plants make energy?", "Which language is good for quick scripting?"]
@@ -136,7 +137,7 @@ def test_concurrent_rerank_and_embed_on_one_engine(ce: CrossEncoderFixture, mode
                         np.testing.assert_allclose(got, expected_scores, atol=2e-3)
                     else:
                         rows = eng.embed_batch("emb", SAMPLE_DOCUMENTS, output="numpy")
-                        np.testing.assert_allclose(rows, expected_vectors, atol=3e-4)
+                        np.testing.assert_allclose(rows, expected_vectors, atol=BATCH_TOL)
             except BaseException as exc:  # handed to the test thread
                 errors.append(exc)
 
