@@ -14,17 +14,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError
-from embellama.cli import main
-from embellama_integrations.ingest import ingest, read_corpus
-from embellama_integrations.lancedb import LanceWriter
-from embellama_integrations.ray import EmbedBatch, _thread_options, embed_dataset
-
-from .conftest import MODEL_NAME
-from .ray_cluster import WhereEmbedBatch, ray_environment
-
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray")  # the extra 'ray' (with pyarrow and lancedb); skipped where it is not installed
 pa = pytest.importorskip("pyarrow")
+pytest.importorskip("lancedb")
+
+from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError  # noqa: E402
+from embellama.cli import main  # noqa: E402
+from embellama_integrations.ingest import ingest, read_corpus  # noqa: E402
+from embellama_integrations.lancedb import LanceWriter  # noqa: E402
+from embellama_integrations.ray import EmbedBatch, _thread_options, embed_dataset  # noqa: E402
+
+from .conftest import MODEL_NAME  # noqa: E402
+from .ray_cluster import WhereEmbedBatch, ray_environment  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embellama import EmbeddingEngine
-
-from .conftest import MODEL_NAME
-from .ray_cluster import WhereEmbedBatch, ray_environment
-
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray")  # the extra 'ray'; skipped where it is not installed
 cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+from embellama import EmbeddingEngine  # noqa: E402
+
+from .conftest import MODEL_NAME  # noqa: E402
+from .ray_cluster import WhereEmbedBatch, ray_environment  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
