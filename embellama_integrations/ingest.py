@@ -1,14 +1,16 @@
 """Ingest a corpus file into LanceDB: read JSONL/Parquet, embed (in this process or on Ray), write, report.
 
 What ``embellama ingest CORPUS --db PATH [--ray ADDRESS]`` runs. The corpus is read here (one row per document:
-a text column, an optional id column — row numbers otherwise — and any metadata columns); the vectors are computed
-by :class:`~embellama_integrations.ray.EmbedBatch`, in this process or on a Ray actor pool
-(:func:`~embellama_integrations.ray.embed_dataset`); :class:`~embellama_integrations.lancedb.LanceWriter` writes
-them as they arrive.
+a text column, an optional id column — row numbers otherwise — and any metadata columns) and the vectors are
+computed by :class:`~embellama_integrations.ray.EmbedBatch`. In this process,
+:class:`~embellama_integrations.lancedb.LanceWriter` writes them as they arrive; on Ray
+(:func:`~embellama_integrations.ray.embed_dataset`), tasks beside the actors append them to the table themselves
+(:func:`~embellama_integrations.lancedb.append_rows`) and only counts and failed ids come back here.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +23,13 @@ import pyarrow.compute as pc
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.planning import OnError
 
-from .lancedb import LanceWriter, WriteMode, store_rows
+from .lancedb import LanceWriter, WriteMode, append_rows, store_rows, store_schema
 from .ray import EmbedBatch, embed_dataset, error_column_name
 
-__all__ = ["IngestReport", "ingest", "read_corpus"]
+__all__ = ["WRITE_ROWS", "IngestReport", "ingest", "read_corpus"]
+
+WRITE_ROWS = 8192
+"""Rows per LanceDB commit when Ray workers write (each commit is a table version and a fragment)."""
 
 
 @dataclass
@@ -84,17 +89,42 @@ def _local_batches(table: pa.Table, batch_size: int, embedder_options: dict[str,
         embedder.client.engine.close()
 
 
-def _ray_batches(
-    table: pa.Table, address: str, batch_size: int, num_actors: int | None, embedder_options: dict[str, Any]
+def _ray_writes(
+    data: pa.Table,
+    writer: LanceWriter,
+    address: str,
+    batch_size: int,
+    num_actors: int | None,
+    embedder_options: dict[str, Any],
 ) -> Iterator[pa.Table]:
+    """Embed on Ray and write from the workers; yield one summary row per batch (see :func:`append_rows`)."""
     import ray
+
+    from embellama.client import EmbeddingClient
+    from embellama.gguf import read_header
 
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
-    blocks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
     options = dict(embedder_options)
-    ds = embed_dataset(ray.data.from_arrow(blocks), num_actors=num_actors, batch_size=batch_size, **options)
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    path = EmbeddingClient(options.pop("model_path")).model_path
+    if not path.is_file():
+        from embellama.default_model import default_model_path
+
+        path = default_model_path()
+    dimensions = options.get("dimensions") or int(read_header(path).arch_value("embedding_length"))
+    id_column, text_column = options["id_column"], options["text_column"]
+    schema = store_schema(data.schema, id_column=id_column, text_column=text_column, dimensions=dimensions)
+    name = writer.create_empty(schema)
+    blocks = [data.slice(start, batch_size) for start in range(0, data.num_rows, batch_size)]
+    ds = embed_dataset(
+        ray.data.from_arrow(blocks), model_path=path, num_actors=num_actors, batch_size=batch_size, **options
+    )
+    write = functools.partial(
+        append_rows, db=writer.uri, table=name, id_column=id_column, text_column=text_column, vector_column="embedding"
+    )
+    # I/O beside the actors (no CPU reserved); several batches per commit, so the table gets few large fragments
+    written = ds.map_batches(write, batch_format="pyarrow", batch_size=max(batch_size, WRITE_ROWS), num_cpus=0)
+    yield from written.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def ingest(
@@ -144,21 +174,37 @@ def ingest(
     options: dict[str, Any] = dict(
         model_path=model_path, text_column=text_column, id_column=id_column, on_error="collect", **model_options
     )  # errors come back as rows, raised here as InvalidInputError (a Ray task error would only carry its text)
-    if ray_address is None:
-        batches = _local_batches(data, batch_size, options)
-    else:
-        batches = _ray_batches(data, ray_address, batch_size, num_actors, options)
     done = 0
     errors: dict[str, str] = {}
-    for batch in batches:
-        failed = batch.filter(pc.is_valid(batch.column(error_column_name("embedding"))))
-        messages = failed.column(error_column_name("embedding")).to_pylist()
-        if messages and on_error == "raise":
-            raise InvalidInputError(messages[0])
-        errors.update(zip(map(str, failed.column(id_column).to_pylist()), messages, strict=True))
-        writer.add(store_rows(batch, id_column=id_column, text_column=text_column, vector_column="embedding"))
-        done += batch.num_rows
-        if progress is not None:
-            progress(done, data.num_rows)
-    writer.close()
-    return IngestReport(data.num_rows, writer.rows_written, time.perf_counter() - started, errors)
+    if ray_address is None:
+        for batch in _local_batches(data, batch_size, options):
+            failed = batch.filter(pc.is_valid(batch.column(error_column_name("embedding"))))
+            _check_rows(
+                failed.column(id_column).to_pylist(),
+                failed.column(error_column_name("embedding")).to_pylist(),
+                on_error,
+                errors,
+            )
+            writer.add(store_rows(batch, id_column=id_column, text_column=text_column, vector_column="embedding"))
+            done += batch.num_rows
+            if progress is not None:
+                progress(done, data.num_rows)
+        writer.close()
+        written = writer.rows_written
+    else:
+        written = 0
+        for summary in _ray_writes(data, writer, ray_address, batch_size, num_actors, options):
+            for row in summary.to_pylist():
+                _check_rows(row["failed"], row["errors"], on_error, errors)
+                written += row["written"]
+                done += row["written"] + len(row["failed"])
+                if progress is not None:
+                    progress(done, data.num_rows)
+    return IngestReport(data.num_rows, written, time.perf_counter() - started, errors)
+
+
+def _check_rows(ids: list[Any], messages: list[str], on_error: OnError, errors: dict[str, str]) -> None:
+    """Raise the first bad row's error (``on_error="raise"``), or record every one."""
+    if messages and on_error == "raise":
+        raise InvalidInputError(messages[0])
+    errors.update(zip(map(str, ids), messages, strict=True))

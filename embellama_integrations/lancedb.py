@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from embellama.errors import ConfigurationError
 
-__all__ = ["LanceWriter", "WriteMode", "store_rows"]
+__all__ = ["LanceWriter", "WriteMode", "append_rows", "store_rows", "store_schema"]
 
 WriteMode = Literal["create", "overwrite", "append"]
 
@@ -49,6 +49,41 @@ def store_rows(batch: pa.Table, *, id_column: str, text_column: str, vector_colu
     )
 
 
+def store_schema(corpus: pa.Schema, *, id_column: str, text_column: str, dimensions: int) -> pa.Schema:
+    """The stores' schema for rows of ``corpus`` embedded into ``dimensions``-long vectors."""
+    empty = corpus.empty_table().append_column(
+        "embedding", pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), dimensions)
+    )
+    return store_rows(empty, id_column=id_column, text_column=text_column, vector_column="embedding").schema
+
+
+def append_rows(
+    batch: pa.Table, *, db: str, table: str, id_column: str, text_column: str, vector_column: str
+) -> pa.Table:
+    """Append an embedded batch to an existing table from wherever it runs (a Ray worker: no row goes through the
+    driver); return one summary row: ``written``, and the ``failed`` ids with their ``errors``.
+
+    Lance commits appends from several writers at once (optimistic concurrency, retried on conflict); ``db`` must be
+    storage every writer reaches (a local path on one machine, a shared file system or object store on a cluster).
+    """
+    import lancedb
+
+    error_column = f"{vector_column}_error"
+    failed = batch.filter(pc.is_valid(batch.column(error_column))) if error_column in batch.column_names else None
+    rows = store_rows(batch, id_column=id_column, text_column=text_column, vector_column=vector_column)
+    if rows.num_rows:
+        lancedb.connect(db).open_table(table).add(rows)
+    ids = [] if failed is None else [str(v) for v in failed.column(id_column).to_pylist()]
+    errors = [] if failed is None else failed.column(error_column).to_pylist()
+    return pa.table(
+        {
+            "written": pa.array([rows.num_rows], pa.int64()),
+            "failed": pa.array([ids], pa.list_(pa.string())),
+            "errors": pa.array([errors], pa.list_(pa.string())),
+        }
+    )
+
+
 class LanceWriter:
     """Append store-layout batches to one LanceDB table, buffering so the table gets few large fragments.
 
@@ -67,7 +102,8 @@ class LanceWriter:
 
         if mode not in ("create", "overwrite", "append"):
             raise ConfigurationError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
-        self.db = lancedb.connect(str(db))
+        self.uri = str(db)
+        self.db = lancedb.connect(self.uri)
         self.name = table
         self.mode = mode
         self.flush_rows = flush_rows
@@ -76,6 +112,13 @@ class LanceWriter:
         self._table: Any = None
         if mode == "create" and table in self._table_names():
             raise ConfigurationError(f"table {table!r} already exists in {db}; use mode 'overwrite' or 'append'")
+
+    def create_empty(self, schema: pa.Schema) -> str:
+        """Create the table (per ``mode``) with no rows, for writers elsewhere to append to; return its name."""
+        if self.mode == "append" and self.name in self._table_names():
+            return self.name
+        self._table = self.db.create_table(self.name, schema=schema, mode="overwrite")
+        return self.name
 
     def _table_names(self) -> list[str]:
         listed = self.db.list_tables()

@@ -21,7 +21,7 @@ pytest.importorskip("lancedb")
 from embellama import ConfigurationError, EmbeddingEngine, InvalidInputError  # noqa: E402
 from embellama.cli import main  # noqa: E402
 from embellama_integrations.ingest import ingest, read_corpus  # noqa: E402
-from embellama_integrations.lancedb import LanceWriter  # noqa: E402
+from embellama_integrations.lancedb import LanceWriter, append_rows, store_schema  # noqa: E402
 from embellama_integrations.ray import EmbedBatch, _thread_options, embed_dataset  # noqa: E402
 
 from .conftest import MODEL_NAME  # noqa: E402
@@ -265,3 +265,35 @@ def test_cli_ingest_joins_a_running_cluster(local_ray: str, model_path: Path, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ingested 60 of 60 rows" in proc.stderr
     _assert_frameworks_retrieve(tmp_path / "db", "documents", model_path)
+
+
+def test_workers_append_concurrently_to_one_table(model_path: Path, tmp_path: Path) -> None:
+    """What each Ray write task does: append its batch to the table the driver created, beside other writers."""
+    import threading
+
+    import lancedb
+
+    embedder = EmbedBatch(model_path, id_column="id", on_error="collect")
+    corpus = pa.Table.from_pylist([{"id": f"r{i}", "text": f"row {i}", "n": i} for i in range(64)])
+    batches = [embedder(corpus.slice(start, 16)) for start in range(0, 64, 16)]
+    embedder.client.engine.close()
+    writer = LanceWriter(tmp_path / "db", "t")
+    name = writer.create_empty(store_schema(corpus.schema, id_column="id", text_column="text", dimensions=384))
+    summaries: list[dict[str, Any]] = []
+
+    def write(batch: Any) -> None:
+        out = append_rows(
+            batch, db=writer.uri, table=name, id_column="id", text_column="text", vector_column="embedding"
+        )
+        summaries.extend(out.to_pylist())
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(s["written"] for s in summaries) == [16, 16, 16, 16] and all(not s["failed"] for s in summaries)
+    table = lancedb.connect(str(tmp_path / "db")).open_table("t")
+    assert table.count_rows() == 64 and sorted(table.to_arrow().column("id").to_pylist()) == sorted(
+        corpus.column("id").to_pylist()
+    )
