@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.planning import OnError
 
-from .lancedb import LanceWriter, WriteMode, append_rows, store_rows, store_schema
-from .ray import EmbedBatch, embed_dataset, error_column_name
+from .lancedb import LanceWriter, WriteMode, append_rows, failed_rows, store_rows, store_schema
+from .ray import EmbedBatch, embed_dataset, resolve_model_path
 
 __all__ = ["WRITE_ROWS", "IngestReport", "ingest", "read_corpus"]
 
@@ -100,17 +99,12 @@ def _ray_writes(
     """Embed on Ray and write from the workers; yield one summary row per batch (see :func:`append_rows`)."""
     import ray
 
-    from embellama.client import EmbeddingClient
     from embellama.gguf import read_header
 
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
     options = dict(embedder_options)
-    path = EmbeddingClient(options.pop("model_path")).model_path
-    if not path.is_file():
-        from embellama.default_model import default_model_path
-
-        path = default_model_path()
+    path = resolve_model_path(options.pop("model_path"))
     dimensions = options.get("dimensions") or int(read_header(path).arch_value("embedding_length"))
     id_column, text_column = options["id_column"], options["text_column"]
     schema = store_schema(data.schema, id_column=id_column, text_column=text_column, dimensions=dimensions)
@@ -178,13 +172,7 @@ def ingest(
     errors: dict[str, str] = {}
     if ray_address is None:
         for batch in _local_batches(data, batch_size, options):
-            failed = batch.filter(pc.is_valid(batch.column(error_column_name("embedding"))))
-            _check_rows(
-                failed.column(id_column).to_pylist(),
-                failed.column(error_column_name("embedding")).to_pylist(),
-                on_error,
-                errors,
-            )
+            _check_rows(*failed_rows(batch, id_column=id_column, vector_column="embedding"), on_error, errors)
             writer.add(store_rows(batch, id_column=id_column, text_column=text_column, vector_column="embedding"))
             done += batch.num_rows
             if progress is not None:
@@ -203,7 +191,7 @@ def ingest(
     return IngestReport(data.num_rows, written, time.perf_counter() - started, errors)
 
 
-def _check_rows(ids: list[Any], messages: list[str], on_error: OnError, errors: dict[str, str]) -> None:
+def _check_rows(ids: list[str], messages: list[str], on_error: OnError, errors: dict[str, str]) -> None:
     """Raise the first bad row's error (``on_error="raise"``), or record every one."""
     if messages and on_error == "raise":
         raise InvalidInputError(messages[0])

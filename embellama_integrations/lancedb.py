@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 
 from embellama.errors import ConfigurationError
 
-__all__ = ["LanceWriter", "WriteMode", "append_rows", "store_rows", "store_schema"]
+from .ray import error_column_name
+
+__all__ = ["LanceWriter", "WriteMode", "append_rows", "failed_rows", "store_rows", "store_schema"]
 
 WriteMode = Literal["create", "overwrite", "append"]
 
@@ -33,7 +35,7 @@ def store_rows(batch: pa.Table, *, id_column: str, text_column: str, vector_colu
         batch = batch.filter(keep)
         vectors = batch.column(vector_column)
     ids = pc.cast(batch.column(id_column), pa.string())
-    skip = {id_column, text_column, vector_column, f"{vector_column}_error"}
+    skip = {id_column, text_column, vector_column, error_column_name(vector_column)}
     meta_names = [name for name in batch.column_names if name not in skip]
     metadata = pa.StructArray.from_arrays(
         [ids.combine_chunks(), *(batch.column(n).combine_chunks() for n in meta_names)], names=["id", *meta_names]
@@ -57,6 +59,15 @@ def store_schema(corpus: pa.Schema, *, id_column: str, text_column: str, dimensi
     return store_rows(empty, id_column=id_column, text_column=text_column, vector_column="embedding").schema
 
 
+def failed_rows(batch: pa.Table, *, id_column: str, vector_column: str) -> tuple[list[str], list[str]]:
+    """The ids (as text) and errors of the rows of an embedded batch that got no vector (``on_error="collect"``)."""
+    error_column = error_column_name(vector_column)
+    if error_column not in batch.column_names:
+        return [], []
+    failed = batch.filter(pc.is_valid(batch.column(error_column)))
+    return [str(v) for v in failed.column(id_column).to_pylist()], failed.column(error_column).to_pylist()
+
+
 def append_rows(
     batch: pa.Table, *, db: str, table: str, id_column: str, text_column: str, vector_column: str
 ) -> pa.Table:
@@ -68,13 +79,10 @@ def append_rows(
     """
     import lancedb
 
-    error_column = f"{vector_column}_error"
-    failed = batch.filter(pc.is_valid(batch.column(error_column))) if error_column in batch.column_names else None
+    ids, errors = failed_rows(batch, id_column=id_column, vector_column=vector_column)
     rows = store_rows(batch, id_column=id_column, text_column=text_column, vector_column=vector_column)
     if rows.num_rows:
         lancedb.connect(db).open_table(table).add(rows)
-    ids = [] if failed is None else [str(v) for v in failed.column(id_column).to_pylist()]
-    errors = [] if failed is None else failed.column(error_column).to_pylist()
     return pa.table(
         {
             "written": pa.array([rows.num_rows], pa.int64()),

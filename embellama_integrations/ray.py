@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from embellama.client import EmbeddingClient
+from embellama.client import EmbeddingClient, model_path_from_env
+from embellama.default_model import default_model_path
 from embellama.engine import EmbeddingEngine
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.planning import OnError
@@ -26,7 +27,7 @@ from embellama.planning import OnError
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["EmbedBatch", "actor_cpus", "embed_dataset", "error_column_name"]
+__all__ = ["EmbedBatch", "actor_cpus", "embed_dataset", "error_column_name", "resolve_model_path"]
 
 
 def actor_cpus() -> int | None:
@@ -57,6 +58,15 @@ def _thread_options(cpus: int | None, options: dict[str, Any]) -> dict[str, Any]
 def error_column_name(output_column: str) -> str:
     """The column that holds each row's error with ``on_error="collect"`` (``None`` where the row embedded)."""
     return f"{output_column}_error"
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """The GGUF to send to the actors: ``model_path``, else ``$EMBELLAMA_MODEL_PATH``, else the default model
+    (built here, once, rather than by each actor)."""
+    if model_path is not None:
+        return Path(model_path)
+    from_env = model_path_from_env()
+    return Path(from_env) if from_env else default_model_path()
 
 
 def _check_columns(**names: str | None) -> None:
@@ -193,14 +203,9 @@ def embed_dataset(
     for name, value in (("num_actors", num_actors), ("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-    # validate every option here (unknown names included; no file is read), and resolve the default model once,
-    # not in each actor
-    client = EmbeddingClient(model_path, document_instruction=document_instruction, on_error=on_error, **model_options)
-    path = client.model_path
-    if model_path is None and not path.is_file():
-        from embellama.default_model import default_model_path
-
-        path = default_model_path()
+    # validate every option here (unknown names included; no file is read)
+    EmbeddingClient(model_path, document_instruction=document_instruction, on_error=on_error, **model_options)
+    path = resolve_model_path(model_path)
     if num_actors is None:
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         num_actors = max(1, cluster_cpus // cpus_per_actor)
