@@ -21,21 +21,24 @@ from .gguf import read_header
 __all__ = ["main"]
 
 
-def _progress_bar(total: int, unit: str = "text") -> tuple[Callable[[int, int], None], Callable[[], object]]:
-    """A stderr progress callback (tqdm when installed) and its closer (``total`` 0: taken from the callback)."""
+def _progress_bar(*, unit: str, quiet: bool = False) -> tuple[Callable[[int, int], None] | None, Callable[[], object]]:
+    """A ``progress(done, total)`` callback drawing on stderr (tqdm when installed; ``None`` when ``quiet``) and
+    its closer."""
+    if quiet:
+        return None, lambda: None
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the progress extra
 
-        def report(done: int, total_: int) -> None:
-            print(f"\r{done}/{total_}", end="", file=sys.stderr, flush=True)
+        def report(done: int, total: int) -> None:
+            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
         return report, lambda: print(file=sys.stderr)
     bars: list[Any] = []  # made at the first update, so an early error prints no empty bar
 
-    def update(done: int, total_: int) -> None:
+    def update(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total or total_, unit=unit, file=sys.stderr))
+            bars.append(tqdm(total=total, unit=unit, file=sys.stderr))
         bars[0].update(done - bars[0].n)
 
     return update, lambda: bars and bars[0].close()
@@ -57,10 +60,7 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
     )
     with EmbeddingEngine(cache_size=0) as engine:
         engine.load_model(config)
-        report: Callable[[int, int], None] | None = None
-        close: Callable[[], object] = lambda: None  # noqa: E731
-        if not ns.quiet:
-            report, close = _progress_bar(len(texts))
+        report, close = _progress_bar(unit="text", quiet=ns.quiet)
         try:
             vectors = engine.embed_batch("cli", texts, output="numpy", progress=report)
         finally:
@@ -160,10 +160,7 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - pyarrow/lancedb missing
         print(f"embellama ingest needs lancedb and pyarrow (pip install lancedb): {exc}", file=sys.stderr)
         return 2
-    report: Callable[[int, int], None] | None = None
-    close: Callable[[], object] = lambda: None  # noqa: E731
-    if not ns.quiet:
-        report, close = _progress_bar(0, unit="row")
+    report, close = _progress_bar(unit="row", quiet=ns.quiet)
     options = {"truncate": True} if ns.truncate else {}
     try:
         result = ingest(
