@@ -3,7 +3,8 @@
 Blocks with top-level ``await`` (as in a notebook) run inside ``asyncio.run``. A block preceded by an HTML comment
 starting ``<!-- not run`` is skipped by design and says why (it needs a model hub, a reranker GGUF that the
 reranking tests build and exercise themselves, or a running server that the server tests start); nothing else is.
-The pages themselves are checked too: the README stays short, and every page under docs/ is in the site's nav.
+The pages themselves are checked too: the README stays short and its links resolve, and every page under docs/ is in
+the site's nav (mkdocs build --strict, in `make test`, checks the links of the docs/ pages).
 """
 
 from __future__ import annotations
@@ -74,6 +75,26 @@ def test_every_skipped_example_says_why() -> None:
 
 def test_readme_is_short() -> None:
     assert README.stat().st_size <= README_MAX_BYTES, f"README.md is {README.stat().st_size} bytes"
+
+
+def _slug(heading: str) -> str:
+    """The anchor of a heading, as Python-Markdown's toc and GitHub make it."""
+    text = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower())
+    return re.sub(r"\s", "-", text)
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is outside the site, so mkdocs does not check its links: every relative link and anchor exists."""
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    relative = [link for link in links if "://" not in link]
+    assert relative, links
+    for link in relative:
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path) if path else README
+        assert target.exists(), f"README.md links to a missing {path}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.M)
+            assert anchor in {_slug(h) for h in headings}, f"README.md links to a missing anchor {link}"
 
 
 def test_every_page_is_in_the_site_nav() -> None:
