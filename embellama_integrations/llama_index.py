@@ -54,7 +54,8 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
             (defaults to the file name without ``.gguf``).
         engine: An existing ``embellama.EmbeddingEngine`` to share (not serialized). Defaults to the
             process-wide shared engine.
-        query_instruction, text_instruction: See the fields.
+        query_instruction: Prefix added to every query. Defaults to the model family's.
+        text_instruction: Prefix added to every document. Defaults to the model family's.
         embed_batch_size: Texts per batch (LlamaIndex's batching and embellama's requests).
         preload: Load the model now instead of on first use.
         **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``,

@@ -52,9 +52,9 @@ class ThreadBackend:
     def threads_for(self, lone: bool) -> int:
         """Threads for the next round: this instance's own, or more for a lone small request.
 
-        A lone query (nothing else queued, every sibling idle) borrows the idle siblings' cores: on 2 cores its
-        latency drops from ~5 ms to ~3.4 ms. Only cores nothing else is running on are borrowed, because
-        llama.cpp's spinning threads collapse when another process takes a core they wait on; a busy pool never
+        A lone query (nothing else queued, every sibling idle) borrows the idle siblings' cores, which lowers its
+        latency (docs/performance.md, "Why the defaults"). Only cores nothing else is running on are borrowed,
+        because llama.cpp's spinning threads collapse when another process takes a core they wait on; a busy pool never
         borrows, so throughput work keeps one thread per instance.
         """
         cfg = self.config

@@ -76,8 +76,8 @@ MAX_DEFAULT_WORKERS = 4
 def default_worker_count() -> int:
     """Model instances per model by default: one per usable core, at most :data:`MAX_DEFAULT_WORKERS`.
 
-    Measured on 2 cores (``make bench``, ~20-token texts): 2 instances x 1 thread beat 1 instance x 2 threads
-    in throughput, and kept their speed beside a competing busy process where 2 spinning threads collapsed.
+    One single-thread instance per core is faster than one instance with every core, and keeps its speed beside a
+    competing busy process (measurements: docs/performance.md, "Why the defaults").
     """
     return max(1, min(MAX_DEFAULT_WORKERS, usable_cores()))
 
@@ -85,15 +85,14 @@ def default_worker_count() -> int:
 def default_thread_count(n_workers: int = 1) -> int:
     """Threads per model instance: the usable cores split between the workers, at least one.
 
-    Measured on a 2-core machine: llama.cpp's worker threads spin while waiting, so using every logical CPU
-    collapses throughput as soon as another process competes. One thread per instance, with one instance per
-    core, is never slower and does not collapse.
+    llama.cpp's worker threads spin while waiting, so using every logical CPU collapses throughput as soon as
+    another process competes (measurements: docs/performance.md, "Why the defaults").
     """
     return max(1, usable_cores() // max(1, n_workers))
 
 
 CPU_DECODE = {"batch_tokens": 256, "max_texts_per_decode": 8}
-"""Decode shape defaults on CPU (measured best on the default model, see ``ModelConfig.batch_tokens``)."""
+"""Decode shape defaults on CPU (best on the default model: docs/performance.md, "Why the defaults")."""
 GPU_DECODE = {"batch_tokens": 2048, "max_texts_per_decode": 64}
 """Decode shape defaults with layers offloaded to a GPU: large decodes keep the device busy (not yet verified on
 a GPU)."""

@@ -1,9 +1,9 @@
 """The default model: all-MiniLM-L6-v2 as a BF16 or F16 GGUF, built offline from PyPI packages and cached.
 
 The weight type follows the CPU (:func:`default_weight_type`): BF16 where it has AVX512_BF16 — llama.cpp's BF16
-matmuls then run on native BF16 dot products (``vdpbf16ps``), measured at 1.36x the texts/s of F16 for this model
-with vectors at cosine ≥ 0.9999 to F16's — and F16 elsewhere (without AVX512_BF16, llama.cpp widens BF16 to F32 in
-software; the gain was measured only with the native instructions).
+matmuls then run on native BF16 dot products (``vdpbf16ps``), faster than F16 for this model with vectors at
+cosine ≥ 0.9999 to F16's (docs/performance.md, "Weight types") — and F16 elsewhere (without AVX512_BF16,
+llama.cpp widens BF16 to F32 in software).
 ``EMBELLAMA_DEFAULT_WEIGHTS=f16|bf16`` overrides the choice. Each type is its own file
 (``all-MiniLM-L6-v2-bf16.gguf``, ``all-MiniLM-L6-v2-f16.gguf``), so both can live in the cache.
 
@@ -45,8 +45,8 @@ def default_weight_type() -> str:
     """The weight type of the default model: ``"bf16"`` or ``"f16"``.
 
     ``$EMBELLAMA_DEFAULT_WEIGHTS`` when set (case-insensitive), else ``"bf16"`` when the CPU reports
-    ``avx512_bf16`` (llama.cpp's BF16 matmuls use it natively: 1.36x the throughput of F16 measured for this model,
-    vectors at cosine ≥ 0.9999 to F16's), else ``"f16"``. The choice follows the CPU even when the model runs on a
+    ``avx512_bf16`` (llama.cpp's BF16 matmuls use it natively, faster than F16 with vectors at cosine ≥ 0.9999
+    to F16's: docs/performance.md), else ``"f16"``. The choice follows the CPU even when the model runs on a
     GPU: GPU backends load both types, so nothing else is needed there; set the variable to pin one.
 
     Raises:

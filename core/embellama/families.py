@@ -55,7 +55,7 @@ class ModelFamily:
     dimensions: tuple[int, ...] = ()
     """Matryoshka sizes the family was trained for (empty: unknown)."""
     source: str = ""
-    """Where the settings come from (model card), for README's families table."""
+    """Where the settings come from (model card), for the families table in docs/families.md."""
 
     def matches(self, metadata: dict[str, Any]) -> bool:
         """Whether a GGUF with this metadata belongs to the family."""
