@@ -83,8 +83,9 @@ class _Warnings(logging.Handler):
             return None
         verb = "was" if count == 1 else "were"
         return (
-            f"{count} of {total} lines {verb} over the model's limit of {limit} tokens and cut to it (first: line {line}, "
-            f"{n_tokens} tokens, {preview!r}); pass {self.strict_flag} to refuse over-long lines instead"
+            f"{count} of {total} lines {verb} over the model's limit of {limit} tokens and cut to it "
+            f"(first: line {line}, {n_tokens} tokens, {preview!r}); pass {self.strict_flag} to refuse over-long lines "
+            "instead"
         )
 
 
