@@ -74,11 +74,17 @@ def cache_dir() -> Path:
     return root / "wheels"
 
 
+def wheel_dir(cuda: bool = False) -> Path:
+    """The cache folder of the wheel for this machine's flags (and CUDA or not)."""
+    args = cmake_args(cuda=cuda)
+    key = hashlib.sha256(" ".join([LLAMA_CPP_PYTHON_VERSION, *args]).encode()).hexdigest()[:12]
+    return cache_dir() / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}-{key}"
+
+
 def build(python: str, force: bool = False, cuda: bool = False) -> Path:
     """Build (or reuse) the wheel and install it into ``python``'s environment."""
     args = cmake_args(cuda=cuda)
-    key = hashlib.sha256(" ".join([LLAMA_CPP_PYTHON_VERSION, *args]).encode()).hexdigest()[:12]
-    out = cache_dir() / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}-{key}"
+    out = wheel_dir(cuda)
     wheels = sorted(out.glob("llama_cpp_python-*.whl"))
     if force or not wheels:
         out.mkdir(parents=True, exist_ok=True)

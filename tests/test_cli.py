@@ -67,13 +67,20 @@ def test_cli_embed_npy_and_jsonl(tmp_path: Path, model_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("first line\n\nsecond line\n")
     npy = tmp_path / "out.npy"
-    assert main(["embed", str(src), "-o", str(npy), "-m", str(model_path), "-q"]) == 0
+    assert main(["embed", str(src), "-o", str(npy), "-m", str(model_path), "-q"]) == 2  # a blank line is refused
+    assert not npy.exists()
+    assert main(["embed", str(src), "-o", str(npy), "-m", str(model_path), "-q", "--skip-blank"]) == 0
     arr = np.load(npy)
-    assert arr.shape == (2, 384)
+    assert arr.shape == (2, 384) and arr.dtype == np.float32
     jsonl = tmp_path / "out.jsonl"
-    assert main(["embed", str(src), "-o", str(jsonl), "--dimensions", "32"]) == 0
+    assert main(["embed", str(src), "-o", str(jsonl), "--dimensions", "32", "--skip-blank"]) == 0
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert [r["text"] for r in rows] == ["first line", "second line"] and len(rows[0]["embedding"]) == 32
+    assert [(r["line"], r["text"]) for r in rows] == [(1, "first line"), (3, "second line")]
+    assert len(rows[0]["embedding"]) == 32
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["embed", str(empty), "-o", str(npy), "-m", str(model_path)]) == 0
+    assert np.load(npy).shape[0] == 0
 
 
 def test_cli_embed_stdin_subprocess(model_path: Path) -> None:
@@ -87,8 +94,56 @@ def test_cli_embed_stdin_subprocess(model_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 2 and len(rows[1]["embedding"]) == 384
-    assert "text/s" in proc.stderr or "2/2" in proc.stderr  # progress bar on stderr
-    assert "llama" not in proc.stderr.lower()  # llama.cpp's own log stays quiet
+    assert proc.stderr == ""  # stderr is not a terminal: no progress bar; llama.cpp's own log stays quiet
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\n{"text": oops}\n', "line 2: not valid JSON (Expecting value at column 10)"),
+        ('{"text": "ok"}\n{"title": "x", "body": "y"}\n', "line 2: no field 'text' (fields: 'title', 'body')"),
+        ('{"text": 3}\n', "line 1: field 'text' is a int, not a string"),
+        ('["text"]\n', "line 1: expected a JSON object with a 'text' field, got list"),
+        ('{"text": "ok"}\n\n', "line 2 is blank"),
+        ('{"text": "  "}\n', "line 1: field 'text' is blank (pass --skip-blank"),
+        ("[" * 100_000 + "\n", "line 1: not valid JSON (nested too deeply)"),
+    ],
+)
+def test_cli_jsonl_errors_name_the_line(
+    content: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    assert main(["embed", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"embellama: error: {message}") and err.count("\n") == 1, err
+
+
+def test_cli_input_lines_are_decoded_strictly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"\xef\xbb\xbffine\r\nbad \xff byte\n")
+    assert main(["embed", str(src)]) == 2
+    assert capsys.readouterr().err == "embellama: error: line 2: not valid UTF-8 (byte 0xff at byte 5)\n"
+    from embellama._cli_input import read_lines
+
+    src.write_bytes(b"\xef\xbb\xbffine\r\nsecond\n")
+    lines = read_lines(str(src))
+    assert lines.texts == ["fine", "second"] and lines.numbers == [1, 2]  # BOM and CRLF removed
+
+
+def test_cli_long_lines_in_process(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("short\n" + "word " * 400 + "\nwords " + "more " * 300 + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["embed", str(src), "-o", str(out), "-m", str(model_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("embellama: warning: 2 of 3 lines were over the model's limit of 256 tokens") and (
+        "first: line 2" in err
+    ), err
+    assert len(out.read_text().splitlines()) == 3
+    assert main(["embed", str(src), "-o", str(out), "-m", str(model_path), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embellama: error: line 2 'word word") and "limit of 256" in err and "--strict" in err
 
 
 def test_demo_finds_sensible_neighbours(capsys: pytest.CaptureFixture[str]) -> None:

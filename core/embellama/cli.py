@@ -3,92 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from . import __version__
+from ._cli_input import CommandError, Lines, read_lines
+from ._cli_output import atomic_output, command_warnings
+from ._cli_output import progress_bar as _progress_bar
 from .config import ModelConfig, Pooling
 from .default_model import default_model_path
 from .engine import EmbeddingEngine
-from .errors import EmbellamaError
+from .errors import EmbellamaError, InvalidInputError
 from .families import detect_family, is_causal
 from .gguf import read_header
 
 __all__ = ["main"]
 
 
-def _progress_bar(*, unit: str, quiet: bool = False) -> tuple[Callable[[int, int], None] | None, Callable[[], object]]:
-    """A ``progress(done, total)`` callback drawing on stderr (tqdm when installed; ``None`` when ``quiet``) and
-    its closer."""
-    if quiet:
-        return None, lambda: None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the progress extra
+def _long_texts(ns: argparse.Namespace) -> bool:
+    """``truncate`` for ``--truncate`` / ``--strict``: cut by default, as the LangChain and LlamaIndex adapters do."""
+    return not ns.strict
 
-        def report(done: int, total: int) -> None:
-            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
-        return report, lambda: print(file=sys.stderr)
-    bars: list[Any] = []  # made at the first update, so an early error prints no empty bar
+def _invalid_input(exc: InvalidInputError, lines: Lines) -> CommandError:
+    """``exc`` in the command's terms: the input line, and the flag that changes the behaviour."""
+    where = "input" if exc.index is None or exc.index >= len(lines.numbers) else f"line {lines.line(exc.index)}"
+    preview = f" {exc.preview!r}" if exc.preview is not None else ""
+    reason = exc.reason.split(" (pass ", 1)[0]  # the core's hint names Python options
+    if exc.n_tokens is not None and exc.limit is not None and not reason.startswith("the query"):
+        reason += " (over-long lines are cut to the limit unless --strict is given: leave it out, or pass --truncate)"
+    return CommandError(f"{where}{preview}: {reason}")
 
-    def update(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit=unit, file=sys.stderr))
-        bars[0].update(done - bars[0].n)
 
-    return update, lambda: bars and bars[0].close()
+def _load(engine: EmbeddingEngine, ns: argparse.Namespace, **options: Any) -> str:
+    """Load the model of ``-m`` (default: the default model) under its file name; return that name."""
+    path = ns.model or str(default_model_path())
+    return engine.load_model(ModelConfig(model_path=path, n_threads=ns.threads, **options)).name
+
+
+def _prompt(engine: EmbeddingEngine, name: str, ns: argparse.Namespace) -> str | None:
+    """``--prompt``, else the model's prompt for ``--prompt-name`` (none if the model has none, as the adapters)."""
+    if ns.prompt is not None:
+        return str(ns.prompt)
+    if ns.prompt_name is None:
+        return None
+    return engine.model_info(name).prompts.get(ns.prompt_name, "")
 
 
 def _cmd_embed(ns: argparse.Namespace) -> int:
-    source = sys.stdin if ns.input == "-" else open(ns.input, encoding="utf-8")  # noqa: SIM115
-    with source:
-        texts = [line.rstrip("\n") for line in source if line.strip()]
-    model = ns.model or str(default_model_path())
-    config = ModelConfig(
-        model_path=model,
-        model_name="cli",
-        pooling=ns.pooling,
-        normalize=not ns.no_normalize,
-        truncate=ns.truncate,
-        dimensions=ns.dimensions,
-        n_threads=ns.threads,
-    )
-    with EmbeddingEngine(cache_size=0) as engine:
-        engine.load_model(config)
-        report, close = _progress_bar(unit="text", quiet=ns.quiet)
+    lines = read_lines(ns.input, text_field=ns.text_field, skip_blank=ns.skip_blank)
+    npy = ns.output.endswith(".npy")
+    with contextlib.ExitStack() as stack:  # unwinds in reverse: the engine closes, then the output is committed
+        out: IO[Any] = (
+            sys.stdout if ns.output == "-" else stack.enter_context(atomic_output(ns.output, "wb" if npy else "w"))
+        )
+        stack.enter_context(command_warnings(lines.line))
+        engine = stack.enter_context(EmbeddingEngine(cache_size=0))
+        name = _load(
+            engine,
+            ns,
+            pooling=ns.pooling,
+            normalize=not ns.no_normalize,
+            truncate=_long_texts(ns),
+            dimensions=ns.dimensions,
+        )
+        prompt = _prompt(engine, name, ns)
+        report, close = _progress_bar(unit="text", quiet=ns.quiet, force=ns.progress)
         try:
-            vectors = engine.embed_batch("cli", texts, output="numpy", progress=report)
+            vectors = engine.embed_batch(name, lines.texts, output="numpy", progress=report, prompt=prompt)
+        except InvalidInputError as exc:
+            raise _invalid_input(exc, lines) from None
         finally:
             close()
-    if ns.output.endswith(".npy"):
-        np.save(ns.output, vectors)
-    else:
-        out = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")  # noqa: SIM115
-        with out:
-            for text, vec in zip(texts, vectors, strict=False):
-                out.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
+        if npy:
+            np.save(out, vectors)
+        else:
+            for number, text, vec in zip(lines.numbers, lines.texts, vectors, strict=True):
+                out.write(json.dumps({"line": number, "text": text, "embedding": vec.tolist()}) + "\n")
     return 0
 
 
 def _cmd_rerank(ns: argparse.Namespace) -> int:
-    source = sys.stdin if ns.input == "-" else open(ns.input, encoding="utf-8")  # noqa: SIM115
-    with source:
-        documents = [line.rstrip("\n") for line in source if line.strip()]
-    config = ModelConfig(model_path=ns.model, model_name="cli", truncate=not ns.strict, n_threads=ns.threads)
-    with EmbeddingEngine(cache_size=0) as engine:
-        engine.load_model(config)
-        ranking = engine.rerank("cli", ns.query, documents, top_n=ns.top_n, normalize=ns.normalize)
-    if ns.json:
-        for ranked in ranking.top:
-            print(json.dumps({"index": ranked.index, "score": ranked.score, "document": ranked.document}))
-    else:
-        for ranked in ranking.top:
-            print(f"{ranked.score:9.4f}  [{ranked.index}] {ranked.document}")
+    lines = read_lines(ns.input, text_field=ns.text_field, skip_blank=ns.skip_blank)
+    with command_warnings(lines.line), EmbeddingEngine(cache_size=0) as engine:
+        name = engine.load_model(ModelConfig(model_path=ns.model, truncate=_long_texts(ns), n_threads=ns.threads)).name
+        try:
+            ranking = engine.rerank(name, ns.query, lines.texts, top_n=ns.top_n, normalize=ns.normalize)
+        except InvalidInputError as exc:
+            raise _invalid_input(exc, lines) from None
+    for ranked in ranking.top:
+        line = lines.line(ranked.index)
+        if ns.json:
+            row = {"line": line, "index": ranked.index, "score": ranked.score, "document": ranked.document}
+            sys.stdout.write(json.dumps(row) + "\n")
+        else:
+            sys.stdout.write(f"{ranked.score:9.4f}  line {line}: {ranked.document}\n")
     return 0
 
 
@@ -160,7 +177,7 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - pyarrow/lancedb missing
         print(f"embellama ingest needs lancedb and pyarrow (pip install lancedb): {exc}", file=sys.stderr)
         return 2
-    report, close = _progress_bar(unit="row", quiet=ns.quiet)
+    report, close = _progress_bar(unit="row", quiet=ns.quiet, force=ns.progress)
     options = {"truncate": True} if ns.truncate else {}
     try:
         result = ingest(
@@ -190,29 +207,87 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _progress_options(cmd: argparse.ArgumentParser) -> None:
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
+
+
+def _input_options(cmd: argparse.ArgumentParser, what: str) -> None:
+    cmd.add_argument(
+        "input", nargs="?", default="-", help=f"{what}, one per line ('-': stdin; .jsonl/.ndjson: JSON lines)"
+    )
+    cmd.add_argument(
+        "--text-field",
+        "--text-column",
+        dest="text_field",
+        metavar="FIELD",
+        help="read JSON lines and embed this field of each (default for .jsonl/.ndjson files: text)",
+    )
+    cmd.add_argument(
+        "--skip-blank", action="store_true", help="leave blank lines out (default: a blank line is an error)"
+    )
+
+
+def _long_text_options(cmd: argparse.ArgumentParser, what: str) -> None:
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument(
+        "--truncate", action="store_true", help=f"cut over-long {what} to the model's limit, with a warning (default)"
+    )
+    group.add_argument("--strict", action="store_true", help=f"refuse over-long {what} instead of cutting them")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        llama = version("llama-cpp-python")
+    except PackageNotFoundError:  # pragma: no cover - a dependency
+        llama = "missing"
+    return f"embellama {__version__} (llama-cpp-python {llama})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="embellama", description="Local GGUF text embeddings on llama.cpp.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="embed one text per line to JSONL or .npy")
-    embed.add_argument("input", nargs="?", default="-", help="text file, one text per line ('-': stdin)")
+    embed = sub.add_parser("embed", help="embed one text per line to JSONL or .npy (one row per line)")
+    _input_options(embed, "texts")
     embed.add_argument("-o", "--output", default="-", help="output: .npy file, JSONL file, or '-' (stdout JSONL)")
     embed.add_argument("-m", "--model", help="GGUF path (default: the default model)")
-    embed.add_argument("--pooling", default="model", choices=[p.value for p in Pooling])
+    embed.add_argument("--pooling", default="model", choices=[p.value for p in Pooling if p is not Pooling.RANK])
     embed.add_argument("--no-normalize", action="store_true", help="return raw (unnormalized) vectors")
-    embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
-    embed.add_argument("--dimensions", type=int, help="Matryoshka: keep the first N dimensions")
-    embed.add_argument("--threads", type=int, help="threads for the model")
-    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    prompts = embed.add_mutually_exclusive_group()
+    prompts.add_argument(
+        "--prompt-name",
+        choices=["query", "document"],
+        help="put the model's query or document prompt in front of each text (none if the model has none)",
+    )
+    prompts.add_argument("--prompt", help="put this text in front of each text (e.g. 'query: ')")
+    _long_text_options(embed, "lines")
+    embed.add_argument("--dimensions", type=_positive, help="Matryoshka: keep the first N dimensions")
+    embed.add_argument("--threads", type=_positive, help="threads for the model")
+    _progress_options(embed)
     embed.set_defaults(func=_cmd_embed)
     rerank = sub.add_parser("rerank", help="score documents (one per line) against a query with a reranker GGUF")
     rerank.add_argument("model", help="reranker GGUF path (a classification head, or RANK pooling)")
-    rerank.add_argument("input", nargs="?", default="-", help="documents, one per line ('-': stdin)")
-    rerank.add_argument("-q", "--query", required=True, help="the query")
-    rerank.add_argument("-n", "--top-n", type=int, default=None, help="print only the N best")
+    _input_options(rerank, "documents")
+    rerank.add_argument("--query", required=True, help="the query")
+    rerank.add_argument("-n", "--top-n", type=_positive, default=None, help="print only the N best")
     rerank.add_argument("--normalize", action="store_true", help="sigmoid scores to 0..1")
-    rerank.add_argument("--strict", action="store_true", help="refuse over-long documents instead of cutting them")
-    rerank.add_argument("--threads", type=int, default=None)
+    _long_text_options(rerank, "documents")
+    rerank.add_argument("--threads", type=_positive, default=None, help="threads for the model")
     rerank.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     rerank.set_defaults(func=_cmd_rerank)
     srv = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API (extra 'server')")
@@ -236,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--mode", default="create", choices=["create", "overwrite", "append"], help="table write mode")
     ing.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
     ing.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (listed) instead of failing")
-    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _progress_options(ing)
     ing.set_defaults(func=_cmd_ingest)
     info = sub.add_parser("info", help="print a GGUF model's metadata as JSON")
     info.add_argument("path")
@@ -249,14 +324,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null, so the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``embellama`` command."""
+    """Entry point of the ``embellama`` command.
+
+    Exit status: 0 on success, 2 for bad input, options or files (one ``embellama: error:`` line on stderr, no
+    traceback), 130 on Ctrl-C, and 141 — as a shell reports a process killed by ``SIGPIPE`` — when the reader of
+    stdout went away (``embellama embed ... | head``), quietly.
+    """
     ns = build_parser().parse_args(argv)
     try:
-        return int(ns.func(ns))
-    except EmbellamaError as exc:
-        print(f"embellama: error: {exc}", file=sys.stderr)
-        return 2
+        status = int(ns.func(ns))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except (EmbellamaError, CommandError) as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = _os_error(exc)
+    print(f"embellama: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
