@@ -3,6 +3,7 @@ the default weight type follows the CPU."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from embellama import ConfigurationError, EmbeddingEngine, ModelConfig
 from embellama import default_model as dm
-from embellama._bert_gguf import write_bert_gguf
+from embellama._bert_gguf import WRITER_VERSION, write_bert_gguf
 
 from .texts import varied_texts
 
@@ -104,10 +105,10 @@ def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: py
     monkeypatch.delenv(dm.WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert dm.default_weight_type() == "bf16"
-    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == "all-MiniLM-L6-v2-bf16.gguf"
+    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == f"all-MiniLM-L6-v2-bf16-w{WRITER_VERSION}.gguf"
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert dm.default_weight_type() == "f16"
-    assert dm.default_model_file() == "all-MiniLM-L6-v2-f16.gguf"
+    assert dm.default_model_file() == f"all-MiniLM-L6-v2-f16-w{WRITER_VERSION}.gguf"
     monkeypatch.setattr(dm, "cpu_flags", set)  # off Linux: no flags
     assert dm.default_weight_type() == "f16"
     monkeypatch.setenv(dm.WEIGHTS_ENV, "BF16")
@@ -123,8 +124,27 @@ def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: py
 
 
 def test_default_model_path_builds_the_chosen_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    cache = tmp_path / "new-cache"
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(cache))
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
+    stale = cache / "models" / "all-MiniLM-L6-v2-f16.gguf"  # what an older writer left under the old name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"GGUF stale")
+    stale.parent.chmod(0o755)
+    cache.chmod(0o755)
+    built = dm.default_model_path()
+    assert built == cache / "models" / f"all-MiniLM-L6-v2-f16-w{WRITER_VERSION}.gguf"
+    reader = gguf.GGUFReader(str(built))
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert reader.fields["embellama.writer_version"].contents() == WRITER_VERSION
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted([stale.name, built.name])  # no staging left
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o755  # folders that existed keep their mode
+
+
+def test_the_cache_folders_are_created_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cache = tmp_path / "a" / "fresh-cache"
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(cache))
     monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
     built = dm.default_model_path()
-    assert built == tmp_path / "models" / "all-MiniLM-L6-v2-f16.gguf"
-    assert gguf.GGUFReader(str(built)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE((cache / "models").stat().st_mode) == 0o700
+    assert [p.name for p in built.parent.iterdir()] == [built.name]
