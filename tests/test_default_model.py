@@ -3,6 +3,8 @@ the default weight type follows the CPU."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import stat
 import subprocess
 import sys
@@ -12,11 +14,13 @@ import gguf
 import numpy as np
 import pytest
 
-from embellama import ConfigurationError, EmbeddingEngine, ModelConfig
+from embellama import ConfigurationError, EmbeddingEngine, EmbeddingModel, ModelConfig
 from embellama import default_model as dm
 from embellama._bert_gguf import WRITER_VERSION, write_bert_gguf
 
 from .texts import varied_texts
+
+LONG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")  # compared item by item above
 
 CONVERT = r"""
 import sys
@@ -63,8 +67,35 @@ def test_tensors_and_vocabulary_equal_the_converters(builds: tuple[Path, Path]) 
         a, b = light.fields[key], converted.fields[key]
         assert [bytes(a.parts[i]) for i in a.data] == [bytes(b.parts[i]) for i in b.data], key
     missing = [k for k in converted.fields if k not in light.fields and not k.startswith("general.")]
-    assert missing == []
+    assert missing == ["tokenizer.ggml.eos_token_id"]  # left out on purpose: llama.cpp warned about it (see below)
+    for key in light.fields:  # every key both write holds the same value (the tokenizer's flags and ids included)
+        if key in converted.fields and not key.startswith(("general.", "GGUF.")) and key not in LONG_ARRAYS:
+            assert light.fields[key].contents() == converted.fields[key].contents(), key
     assert light.fields["embellama.max_seq_length"].contents() == 256
+    assert light.fields["embellama.writer_version"].contents() == WRITER_VERSION
+
+
+def _load_warnings(path: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What llama.cpp logs at WARNING or above while loading ``path`` (a fresh copy: weights are shared by file)."""
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING, logger="embellama.llama_cpp"),
+        EmbeddingModel(ModelConfig(model_path=path)) as model,
+    ):
+        tokens = model.tokenize("Hello, world!")
+    assert tokens == [101, 7592, 1010, 2088, 999, 102]  # [CLS] ... [SEP] either way
+    return [r.getMessage() for r in caplog.records if r.name == "embellama.llama_cpp" and r.levelno >= logging.WARNING]
+
+
+def test_the_default_model_loads_without_warnings(
+    builds: tuple[Path, Path], model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: every load logged "special_eos_id is not in special_eog_ids - the tokenizer config may be incorrect",
+    as loading the converter's own file still does."""
+    light, converted, default = (shutil.copy(p, tmp_path / f"{i}.gguf") for i, p in enumerate((*builds, model_path)))
+    assert _load_warnings(Path(light), caplog) == []
+    assert _load_warnings(Path(default), caplog) == []  # the cached default model (a versioned file name)
+    assert any("special_eos_id" in w for w in _load_warnings(Path(converted), caplog))
 
 
 def _min_cosine(a: Path, b: Path) -> float:

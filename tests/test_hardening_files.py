@@ -142,7 +142,7 @@ def test_max_tokens_above_the_position_table_is_refused(overclaiming: dict[str, 
 def test_a_trained_context_longer_than_the_table_is_a_load_error(overclaiming: dict[str, Path]) -> None:
     """The limit would come from the table (512), and llama.cpp refuses the file itself: typed, no abort."""
     assert read_header(overclaiming["both"]).position_rows == 512
-    with pytest.raises(ModelLoadError, match="position_embd.weight"):
+    with pytest.raises(ModelLoadError, match=r"position_embd\.weight"):
         EmbeddingModel(ModelConfig(model_path=overclaiming["both"])).load()
 
 
@@ -293,7 +293,7 @@ def test_the_type_table_matches_ggml() -> None:
     lib.ggml_type_size.restype, lib.ggml_type_size.argtypes = ctypes.c_size_t, [ctypes.c_int]
     lib.ggml_blck_size.restype, lib.ggml_blck_size.argtypes = ctypes.c_int64, [ctypes.c_int]
     ggml = {t: (lib.ggml_blck_size(t), lib.ggml_type_size(t)) for t in range(max(GGML_TYPE_SIZES) + 1)}
-    assert GGML_TYPE_SIZES == {t: size for t, size in ggml.items() if size[0] > 0}  # removed types have block 0
+    assert {t: size for t, size in ggml.items() if size[0] > 0} == GGML_TYPE_SIZES  # removed types have block 0
 
 
 @pytest.fixture(scope="module")

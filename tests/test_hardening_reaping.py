@@ -57,7 +57,7 @@ def _pid(engine: EmbeddingEngine, name: str) -> int:
 
 def test_a_timed_out_child_is_reaped(model_path: Path) -> None:
     """Before: the killed child stayed a zombie until the engine was garbage-collected."""
-    engine = _engine(model_path, "stuck", request_timeout=2)
+    engine = _engine(model_path, "stuck", request_timeout=10)
     try:
         assert len(engine.embed("stuck", "before")) == DIMS
         pid = _pid(engine, "stuck")
@@ -72,7 +72,7 @@ def test_a_timed_out_child_is_reaped(model_path: Path) -> None:
 
 
 def test_a_child_killed_while_idle_is_reaped_without_a_request(model_path: Path) -> None:
-    engine = _engine(model_path, "idle")
+    engine = _engine(model_path, "idle", crash_retries=1)  # the first request after the crash meets the dead child
     try:
         assert len(engine.embed("idle", "before")) == DIMS
         pid = _pid(engine, "idle")
@@ -92,7 +92,7 @@ def test_a_child_killed_mid_request_is_reaped(model_path: Path) -> None:
 
         def run() -> None:
             try:
-                texts = [f"a long batch text number {i} that keeps the child busy" for i in range(3000)]
+                texts = [f"a long batch text number {i} that keeps the child busy" for i in range(400)]
                 result.set_result(engine.embed_batch("busy", texts, progress=lambda done, total: started.set()))
             except BaseException as exc:  # handed to the test
                 result.set_exception(exc)
@@ -109,7 +109,7 @@ def test_a_child_killed_mid_request_is_reaped(model_path: Path) -> None:
 
 @pytest.mark.parametrize("stopped", [False, True], ids=["healthy", "sigstopped"])
 def test_close_reaps_the_child_within_its_timeout(model_path: Path, stopped: bool) -> None:
-    engine = _engine(model_path, "closing", request_timeout=3)
+    engine = _engine(model_path, "closing", request_timeout=10)
     assert len(engine.embed("closing", "before close")) == DIMS
     pid = _pid(engine, "closing")
     if stopped:
