@@ -476,3 +476,18 @@ def test_read_only_cache_only_costs_a_rehash(tmp_path: Path, monkeypatch: pytest
         assert file_fingerprint(model) == want
     finally:
         root.chmod(0o700)
+
+
+def test_quantize_writes_through_a_private_staging_folder(model_path: Path, tmp_path: Path) -> None:
+    from embellama.quantize import quantize_model
+
+    out_dir = tmp_path / "variants"
+    out_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = out_dir / "q8.gguf"
+    target.symlink_to(victim)  # planted at the target's name: replaced, never written through
+    assert quantize_model(model_path, target, "Q8_0") == target
+    assert victim.read_text() == "precious" and not target.is_symlink()
+    assert [p.name for p in out_dir.iterdir()] == ["q8.gguf"]  # no staging folder or temp file left
+    assert read_header(target).metadata["general.file_type"] == 7  # MOSTLY_Q8_0
