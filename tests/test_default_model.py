@@ -3,6 +3,9 @@ the default weight type follows the CPU."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +14,13 @@ import gguf
 import numpy as np
 import pytest
 
-from embellama import ConfigurationError, EmbeddingEngine, ModelConfig
+from embellama import ConfigurationError, EmbeddingEngine, EmbeddingModel, ModelConfig
 from embellama import default_model as dm
-from embellama._bert_gguf import write_bert_gguf
+from embellama._bert_gguf import WRITER_VERSION, write_bert_gguf
 
 from .texts import varied_texts
+
+LONG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")  # compared item by item above
 
 CONVERT = r"""
 import sys
@@ -62,8 +67,35 @@ def test_tensors_and_vocabulary_equal_the_converters(builds: tuple[Path, Path]) 
         a, b = light.fields[key], converted.fields[key]
         assert [bytes(a.parts[i]) for i in a.data] == [bytes(b.parts[i]) for i in b.data], key
     missing = [k for k in converted.fields if k not in light.fields and not k.startswith("general.")]
-    assert missing == []
+    assert missing == ["tokenizer.ggml.eos_token_id"]  # left out on purpose: llama.cpp warned about it (see below)
+    for key in light.fields:  # every key both write holds the same value (the tokenizer's flags and ids included)
+        if key in converted.fields and not key.startswith(("general.", "GGUF.")) and key not in LONG_ARRAYS:
+            assert light.fields[key].contents() == converted.fields[key].contents(), key
     assert light.fields["embellama.max_seq_length"].contents() == 256
+    assert light.fields["embellama.writer_version"].contents() == WRITER_VERSION
+
+
+def _load_warnings(path: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What llama.cpp logs at WARNING or above while loading ``path`` (a fresh copy: weights are shared by file)."""
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING, logger="embellama.llama_cpp"),
+        EmbeddingModel(ModelConfig(model_path=path)) as model,
+    ):
+        tokens = model.tokenize("Hello, world!")
+    assert tokens == [101, 7592, 1010, 2088, 999, 102]  # [CLS] ... [SEP] either way
+    return [r.getMessage() for r in caplog.records if r.name == "embellama.llama_cpp" and r.levelno >= logging.WARNING]
+
+
+def test_the_default_model_loads_without_warnings(
+    builds: tuple[Path, Path], model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: every load logged "special_eos_id is not in special_eog_ids - the tokenizer config may be incorrect",
+    as loading the converter's own file still does."""
+    light, converted, default = (shutil.copy(p, tmp_path / f"{i}.gguf") for i, p in enumerate((*builds, model_path)))
+    assert _load_warnings(Path(light), caplog) == []
+    assert _load_warnings(Path(default), caplog) == []  # the cached default model (a versioned file name)
+    assert any("special_eos_id" in w for w in _load_warnings(Path(converted), caplog))
 
 
 def _min_cosine(a: Path, b: Path) -> float:
@@ -104,10 +136,10 @@ def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: py
     monkeypatch.delenv(dm.WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert dm.default_weight_type() == "bf16"
-    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == "all-MiniLM-L6-v2-bf16.gguf"
+    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == f"all-MiniLM-L6-v2-bf16-w{WRITER_VERSION}.gguf"
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert dm.default_weight_type() == "f16"
-    assert dm.default_model_file() == "all-MiniLM-L6-v2-f16.gguf"
+    assert dm.default_model_file() == f"all-MiniLM-L6-v2-f16-w{WRITER_VERSION}.gguf"
     monkeypatch.setattr(dm, "cpu_flags", set)  # off Linux: no flags
     assert dm.default_weight_type() == "f16"
     monkeypatch.setenv(dm.WEIGHTS_ENV, "BF16")
@@ -123,8 +155,27 @@ def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: py
 
 
 def test_default_model_path_builds_the_chosen_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("EMBELLAMA_CACHE", str(tmp_path))
+    cache = tmp_path / "new-cache"
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(cache))
+    monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
+    stale = cache / "models" / "all-MiniLM-L6-v2-f16.gguf"  # what an older writer left under the old name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"GGUF stale")
+    stale.parent.chmod(0o755)
+    cache.chmod(0o755)
+    built = dm.default_model_path()
+    assert built == cache / "models" / f"all-MiniLM-L6-v2-f16-w{WRITER_VERSION}.gguf"
+    reader = gguf.GGUFReader(str(built))
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert reader.fields["embellama.writer_version"].contents() == WRITER_VERSION
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted([stale.name, built.name])  # no staging left
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o755  # folders that existed keep their mode
+
+
+def test_the_cache_folders_are_created_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cache = tmp_path / "a" / "fresh-cache"
+    monkeypatch.setenv("EMBELLAMA_CACHE", str(cache))
     monkeypatch.setenv(dm.WEIGHTS_ENV, "f16")
     built = dm.default_model_path()
-    assert built == tmp_path / "models" / "all-MiniLM-L6-v2-f16.gguf"
-    assert gguf.GGUFReader(str(built)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE((cache / "models").stat().st_mode) == 0o700
+    assert [p.name for p in built.parent.iterdir()] == [built.name]

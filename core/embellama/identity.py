@@ -5,6 +5,11 @@ on disk (an atomic rename gives it a new inode) is a different model, and two fi
 different contents have different fingerprints. The content hash covers the whole file; it is computed once per
 (device, inode, size, mtime) and remembered in this process and under the cache folder, so a 5 GB GGUF is read
 once, not at every load.
+
+The cross-process record is a small JSON file under ``$EMBELLAMA_CACHE/fingerprints`` (created ``0700``), written
+atomically through a fresh ``O_EXCL`` temp file and read without following symlinks (see :mod:`embellama._files`):
+a symlink or FIFO planted at a record's name is neither followed nor written through, and a record that is not a
+regular file holding a well-formed 16-hex-digit value is ignored (the file is hashed again).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lifecycle
+from . import _files, lifecycle
 
 __all__ = ["FileIdentity", "file_fingerprint", "file_identity"]
 
@@ -55,9 +61,12 @@ def _reset_after_fork() -> None:
 lifecycle.at_fork_in_child(_reset_after_fork)
 
 
+_STORE = "fingerprints"
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
 def _store() -> Path:
-    root = os.environ.get("EMBELLAMA_CACHE") or Path.home() / ".cache" / "embellama"
-    return Path(root).expanduser() / "fingerprints"
+    return _files.cache_root() / _STORE
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -72,10 +81,7 @@ def file_fingerprint(path: str | Path) -> str:
     if known is not None:
         return known
     record = _store() / f"{identity.key()}.json"
-    try:
-        known = str(json.loads(record.read_text())["sha256"])[:16]
-    except (OSError, ValueError, KeyError, TypeError):
-        known = None
+    known = _recalled(record)
     if known is None:
         known = _hash(path)
         if file_identity(path) == identity:  # not rewritten while we read it: safe to remember
@@ -98,11 +104,21 @@ def _hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _recalled(record: Path) -> str | None:
+    """The fingerprint a record holds, or None if it is missing, not a regular file, or not well-formed."""
+    raw = _files.read_record(record, 4096)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) and _HEX16.fullmatch(value) else None
+
+
 def _remember(record: Path, fingerprint: str) -> None:
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"sha256": fingerprint}))
-        os.replace(tmp, record)
+        _files.private_dir(_STORE)
+        _files.atomic_write(record, json.dumps({"sha256": fingerprint}).encode())
     except OSError:  # a read-only cache folder only costs a re-hash in the next process
         pass

@@ -12,6 +12,9 @@ no ``if __name__ == "__main__":`` guard is needed), talking pickled messages ove
 - A child that makes no progress (no finished decode) for ``request_timeout`` seconds is killed; its jobs fail
   with :class:`~embellama.errors.ModelTimeoutError` and the next request starts a fresh child.
 - Every wait watches the socket with a deadline, so the parent never hangs on a dead or stopped child.
+- No child is left a zombie: every kill (a timeout, a crash, ``close``) is followed by a bounded wait for the
+  child's exit status, and a child that dies on its own, even while idle, is reaped by its stderr reader as soon as
+  its stderr closes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 """Seconds a child gets to unload and exit after a stop request before it is killed."""
+
+REAP_TIMEOUT = 5.0
+"""Seconds to wait for a killed child's exit status; one still not gone then (in uninterruptible sleep) is reaped
+by its stderr reader when it finally exits."""
 
 _STDERR_LINES = 20
 
@@ -109,6 +116,12 @@ class _Child:
                     print(line, file=sys.stderr, flush=True)
                 else:
                     logger.debug("[child %s] %s", self.pid, line)
+        # stderr closes when the child exits: collect its status now, so a child that died while nobody was
+        # waiting on it (a crash while idle) does not stay a zombie until the next request or close()
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
+        with contextlib.suppress(OSError):
+            self.process.wait()
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send ``message``; raise ``_ChildDied`` if the child is gone."""
@@ -134,29 +147,44 @@ class _Child:
     def how_it_ended(self) -> str:
         """Describe the child's end, with the last lines it wrote to stderr."""
         try:
-            code = self.process.wait(STOP_TIMEOUT)
+            code: int | None = self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - the socket closed but the process lingers
-            self.kill()
-            code = self.process.wait()
+            code = self.reap()
         time.sleep(0.05)  # let the stderr reader take the last lines
         how = f"(pid {self.pid}) {describe_exit(code)}"
         tail = [line for line in self.stderr if line.strip()][-5:]
         return how + (": " + " | ".join(tail) if tail else "")
 
     def kill(self) -> None:
-        """Kill the child (works on a stopped one too); idempotent."""
+        """Kill the child (works on a stopped one too); idempotent. Does not wait: see :meth:`reap`."""
         with contextlib.suppress(OSError):
             self.process.kill()
 
-    def stop(self) -> None:
-        """Ask the child to unload and exit; kill it if it does not within :data:`STOP_TIMEOUT`."""
+    def reap(self, timeout: float = REAP_TIMEOUT) -> int | None:
+        """Kill the child and wait up to ``timeout`` seconds for its exit status, so no zombie is left.
+
+        Returns:
+            The exit status (``-9`` once killed), or None if the child is still not gone (then its stderr reader
+            reaps it when it exits).
+        """
+        self.kill()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("worker process %s did not exit within %g s of being killed", self.pid, timeout)
+            return None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the child to unload and exit; kill and reap it if it does not within ``timeout`` seconds.
+
+        Defaults to :data:`STOP_TIMEOUT`.
+        """
         with contextlib.suppress(OSError, ValueError):
             self.conn.send(("stop",))
         try:
-            self.process.wait(STOP_TIMEOUT)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            self.process.wait()
+            self.reap()
         self.conn.close()
 
 
@@ -301,7 +329,7 @@ class ProcessBackend:
         with self._lock:
             if self._child is child:
                 self._child = None
-        child.kill()
+        child.reap()
         with contextlib.suppress(OSError):
             child.conn.close()
 

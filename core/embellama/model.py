@@ -638,21 +638,54 @@ class EmbeddingModel:
 
     def _input_limit(self, header: GGUFHeader) -> int:
         """The input limit: max_tokens if given, else the recorded max_seq_length, else the training context capped
-        at :data:`~embellama.sizing.ENCODER_DEFAULT_LIMIT` (a 32k-context decoder is not given 32k per text)."""
-        trained = header.arch_value("context_length")
-        recorded = header.metadata.get(MAX_SEQ_LENGTH_KEY)
+        at :data:`~embellama.sizing.ENCODER_DEFAULT_LIMIT` (a 32k-context decoder is not given 32k per text).
+
+        Whatever the metadata records, the limit never exceeds the model's position table
+        (:attr:`~embellama.gguf.GGUFHeader.position_rows`) or trained context (``{arch}.context_length``): a token
+        past the table makes llama.cpp abort the process (``GGML_ASSERT`` in ``get_rows``). A recorded
+        ``max_seq_length`` above that is clamped with a warning; ``max_tokens`` above it is a ``ConfigurationError``.
+        """
+        path = Path(self.config.model_path)
+        trained = _positive_int(header, f"{header.architecture}.context_length", path)
+        recorded = _positive_int(header, MAX_SEQ_LENGTH_KEY, path)
+        positions = header.position_rows
+        ceilings = [(n, what) for n, what in ((trained, "trained context"), (positions, "position table")) if n]
+        ceiling, source = min(ceilings) if ceilings else (None, "")
+        if recorded and ceiling and recorded > ceiling:
+            logger.warning(
+                "%s records %s=%d but the model's %s holds %d positions: inputs are limited to %d tokens",
+                path.name,
+                MAX_SEQ_LENGTH_KEY,
+                recorded,
+                source,
+                ceiling,
+                ceiling,
+            )
+            recorded = ceiling
         if recorded:
-            limit = int(recorded)
-        elif trained:
-            limit = int(trained)
+            limit = recorded
+        elif ceiling:
+            limit = ceiling
             if self.config.max_tokens is None:
                 return min(limit, ENCODER_DEFAULT_LIMIT)
         else:
             limit = self.config.batch_tokens
         if self.config.max_tokens is not None:
             if self.config.max_tokens > limit:
+                where = f" ({source}: {ceiling} positions)" if limit == ceiling else ""
                 raise ConfigurationError(
-                    f"max_tokens={self.config.max_tokens} exceeds the model's limit of {limit} tokens"
+                    f"max_tokens={self.config.max_tokens} exceeds the model's limit of {limit} tokens{where}"
                 )
             limit = self.config.max_tokens
         return max(1, min(limit, 1 << 16))
+
+
+def _positive_int(header: GGUFHeader, key: str, path: Path) -> int | None:
+    """The integer metadata value ``key`` (None when absent or 0); any other type or a negative value is a
+    ``ModelLoadError`` (a limit read from a float or a string would make no sense)."""
+    value = header.metadata.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ModelLoadError(f"metadata key {key!r} in {path} is {value!r}, not a token count")
+    return value or None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
 from pathlib import Path
 
 import llama_cpp
 
+from ._files import staging_dir
 from .errors import ConfigurationError, ModelLoadError
 from .gguf import check_model_file
 
@@ -28,7 +28,8 @@ WEIGHT_TYPES: dict[str, int] = {
 
 
 def quantize_model(source: str | Path, target: str | Path, weight_type: str = "Q8_0", *, threads: int = 0) -> Path:
-    """Write ``source`` re-encoded as ``weight_type`` to ``target`` (atomically: temp file, then rename).
+    """Write ``source`` re-encoded as ``weight_type`` to ``target`` (atomically: llama.cpp writes into a fresh
+    ``0700`` folder beside ``target``, where nothing can be planted, then the file is renamed into place).
 
     Quality and speed of each type on the default model: docs/performance.md ("Weight types", "Why the defaults").
 
@@ -42,16 +43,13 @@ def quantize_model(source: str | Path, target: str | Path, weight_type: str = "Q
     source, target = Path(source), Path(target)
     check_model_file(source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".quantizing-", suffix=".gguf", dir=target.parent)
-    os.close(fd)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = WEIGHT_TYPES[key]
     params.nthread = threads
-    try:
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), tmp_name.encode(), ctypes.byref(params))
-        if rc != 0:
+    with staging_dir(target.parent, ".quantizing-") as stage:
+        tmp = stage / target.name
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
             raise ModelLoadError(f"llama.cpp failed to quantize {source} to {key} (code {rc})")
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        os.replace(tmp, target)
     return target
