@@ -63,7 +63,7 @@ DOCS = [
 def test_fields_are_documented_and_extra_is_forbidden() -> None:
     undocumented = [name for name, field in EmbellamaEmbeddings.model_fields.items() if not field.description]
     assert not undocumented
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ConfigurationError, match=r"'modle_path': did you mean model_path=\?"):
         EmbellamaEmbeddings(modle_path="typo.gguf")  # type: ignore[call-arg]
 
 
