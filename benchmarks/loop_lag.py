@@ -30,6 +30,7 @@ from typing import Any
 __all__ = ["lag_stats", "main", "ticker"]
 
 PEERS = ("embellama", "huggingface")
+WORKLOADS = ("first", "concurrent", "cached")
 TICK_S = 0.001
 
 
@@ -92,12 +93,12 @@ async def _measure(coro: Any) -> tuple[Any, dict[str, float], float]:
     tick = asyncio.create_task(ticker(samples, stop))
     await asyncio.sleep(0.05)
     samples.clear()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     result = await coro
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
     stop.set()
     await tick
-    return result, lag_stats(samples), seconds
+    return result, lag_stats(samples) | {"loop_cpu_ms": cpu * 1000}, seconds
 
 
 async def _child(peer: str, workload: str, n: int) -> dict[str, Any]:
@@ -119,11 +120,11 @@ async def _child(peer: str, workload: str, n: int) -> dict[str, Any]:
     await emb.aembed_documents(_texts(64, seed=99))
     if workload == "concurrent":
         rounds = []
-        for r in range(3):
+        for r in range(2):
             texts = _texts(n, seed=r)
             _, stats, seconds = await _measure(asyncio.gather(*(emb.aembed_query(t) for t in texts)))
             rounds.append(stats | {"seconds": seconds})
-        out["lag"] = {k: statistics.median(x[k] for x in rounds) for k in ("p50", "p99", "max")}
+        out["lag"] = {k: statistics.median(x[k] for x in rounds) for k in ("p50", "p99", "max", "loop_cpu_ms")}
         out["seconds"] = statistics.median(x["seconds"] for x in rounds)
         return out
     texts = _texts(n, seed=7)
@@ -149,22 +150,25 @@ def _run_child(peer: str, workload: str, n: int, busy: bool, timeout: float) -> 
     return result
 
 
-def run(*, quick: bool, reps: int) -> list[dict[str, Any]]:
+def run(
+    *, quick: bool, reps: int, peers: tuple[str, ...] = PEERS, workloads: tuple[str, ...] = WORKLOADS
+) -> list[dict[str, Any]]:
     """Every peer, workload and quiet/busy host, ``reps`` fresh processes each, peers alternating; medians."""
-    plan = [("first", 1), ("concurrent", 50 if quick else 200), ("cached", 2_000 if quick else 20_000)]
+    sizes = {"first": 1, "concurrent": 50 if quick else 200, "cached": 2_000 if quick else 20_000}
     rows = []
-    for workload, n in plan:
+    for workload in workloads:
+        n = sizes[workload]
         for busy in (False, True):
-            per_peer: dict[str, list[dict[str, Any]]] = {p: [] for p in PEERS}
+            per_peer: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
             for _ in range(reps):
-                for peer in PEERS:
+                for peer in peers:
                     if workload == "cached" and peer != "embellama":
                         continue
                     per_peer[peer].append(_run_child(peer, workload, n, busy, timeout=300))
             for peer, results in per_peer.items():
                 if not results:
                     continue
-                lag = {k: statistics.median(r["lag"][k] for r in results) for k in ("p50", "p99", "max")}
+                lag = {k: statistics.median(r["lag"][k] for r in results) for k in ("p50", "p99", "max", "loop_cpu_ms")}
                 seconds = statistics.median(r["seconds"] for r in results)
                 rows.append({"workload": workload, "n": n, "busy": busy, "peer": peer, "lag": lag, "seconds": seconds})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -174,14 +178,14 @@ def run(*, quick: bool, reps: int) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]], reps: int) -> str:
     """The results table."""
     lines = [
-        "| workload | host | peer | lag p50 ms | lag p99 ms | lag max ms | call s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| workload | host | peer | lag p50 ms | lag p99 ms | lag max ms | loop CPU ms | call s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lag = r["lag"]
         lines.append(
             f"| {r['workload']} ({r['n']}) | {'busy' if r['busy'] else 'quiet'} | {r['peer']} | {lag['p50']:.2f} | "
-            f"{lag['p99']:.2f} | {lag['max']:.1f} | {r['seconds']:.3f} |"
+            f"{lag['p99']:.2f} | {lag['max']:.1f} | {lag['loop_cpu_ms']:.1f} | {r['seconds']:.3f} |"
         )
     return "\n".join(lines) + f"\n\nMedians of {reps} fresh processes per row, peers alternating; {_cores()} cores.\n"
 
@@ -198,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
     ns = parser.parse_args(argv)
     if ns.child:
         print(json.dumps(asyncio.run(_child(ns.child[0], ns.child[1], ns.n))))
         return 0
-    rows = run(quick=ns.quick, reps=ns.reps)
+    rows = run(quick=ns.quick, reps=ns.reps, peers=tuple(ns.peers.split(",")), workloads=tuple(ns.workloads.split(",")))
     table = markdown(rows, ns.reps)
     print(table)
     if ns.out:
