@@ -81,3 +81,13 @@ async def test_slices_yield_by_time_budget() -> None:
     ticker.cancel()
     assert tiny_ticks <= 2  # 100 microsecond slices: no loop iteration each
     assert slow_ticks >= 4  # slices over the budget: the loop runs between them
+
+
+def test_loop_lag_benchmark_statistics_and_table() -> None:
+    from benchmarks.loop_lag import lag_stats, markdown
+
+    stats = lag_stats([float(i) for i in range(100)])
+    assert (stats["p50"], stats["p99"], stats["max"]) == (50.0, 99.0, 99.0)
+    row = {"workload": "concurrent", "n": 200, "busy": True, "peer": "embellama", "seconds": 1.0}
+    table = markdown([row | {"lag": stats | {"loop_cpu_ms": 3.0}}], reps=1)
+    assert "| concurrent (200) | busy | embellama | 50.00 | 99.00 | 99.0 | 3.0 | 1.000 |" in table
