@@ -28,6 +28,7 @@ $(RUNTIME): $(PY) pyproject.toml scripts/build_llama_cpp.py
 $(STAMP): $(RUNTIME)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'langchain-huggingface>=1.2'
 	touch $(STAMP)
 
 install: $(STAMP)

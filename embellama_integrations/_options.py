@@ -15,12 +15,14 @@ from pydantic import BaseModel, Field, create_model
 
 from embellama.client import EmbeddingClient
 from embellama.config import MODEL_OPTIONS, ModelConfig, option_docs
+from embellama.migration import unknown_options_error
 
 __all__ = [
     "MODEL_OPTION_NAMES",
     "ClientOptionFields",
     "ModelOptionFields",
     "model_option_values",
+    "refuse_unknown",
     "resolved_identity",
 ]
 
@@ -66,6 +68,15 @@ class ClientOptionFields(BaseModel):
         description="'raise': a bad text fails the call, naming its index. 'collect': valid texts get vectors and "
         "each bad one None (errors in client.last_errors, and logged).",
     )
+
+
+def refuse_unknown(cls: type[BaseModel], data: dict[str, Any], *, also: tuple[str, ...] = ()) -> None:
+    """Raise :class:`embellama.ConfigurationError` for keywords ``cls`` does not take, naming the embellama
+    equivalent of other libraries' keywords (``device``, ``max_length``, ``model_kwargs``, ...), where pydantic
+    would only say "Extra inputs are not permitted". ``also``: keywords the constructor takes besides the fields."""
+    unknown = {k: v for k, v in data.items() if k not in cls.model_fields and k not in also}
+    if unknown:
+        raise unknown_options_error(unknown, (*cls.model_fields, *also), where=cls.__name__)
 
 
 def model_option_values(obj: Any, *, by_name: bool) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from langchain_core.documents.compressor import BaseDocumentCompressor
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from embellama.client import DEFAULT_BATCH_SIZE, ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
 from embellama.engine import EmbeddingEngine
 from embellama.types import Reranking
 
-from ._options import ClientOptionFields, ModelOptionFields, model_option_values, resolved_identity
+from ._options import ClientOptionFields, ModelOptionFields, model_option_values, refuse_unknown, resolved_identity
 
 __all__ = ["EmbellamaEmbeddings", "EmbellamaReranker"]
 
@@ -68,16 +68,16 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
     """Prefix added to every document, e.g. ``"passage: "`` (E5). Defaults to the model family's document prompt;
     ``""`` means none."""
 
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Kept for compatibility: embellama's engine plans and splits every request itself."""
-
     preload: bool = False
     """Load the model when the object is created instead of on first use."""
 
     _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
 
     def __init__(self, **data: Any) -> None:
-        """Validate the fields; invalid options raise ``embellama.ConfigurationError`` (from the core)."""
+        """Validate the fields; invalid options raise ``embellama.ConfigurationError`` (from the core), and so do
+        other libraries' keywords (``model_kwargs``, ``device``, ``max_length``, ``batch_size``...), naming the
+        embellama equivalent."""
+        refuse_unknown(type(self), data)
         super().__init__(**data)
         for name, value in resolved_identity(self.client).items():  # show the model in use, not None
             setattr(self, name, value)
@@ -92,7 +92,6 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
                 model_path=self.model_path,
                 engine=self.engine,
                 model_name=self.model_name,
-                batch_size=self.batch_size,
                 query_instruction=self.query_instruction,
                 document_instruction=self.document_instruction,
                 **model_option_values(self, by_name=self.engine is not None and self.model_path is None),
@@ -154,6 +153,12 @@ class EmbellamaReranker(ModelOptionFields, BaseDocumentCompressor, ClientBacked)
     """Map single-logit scores through a sigmoid to 0..1 (otherwise the head's raw output)."""
 
     _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the fields; other libraries' keywords raise ``embellama.ConfigurationError`` naming the
+        embellama equivalent."""
+        refuse_unknown(type(self), data)
+        super().__init__(**data)
 
     @property
     def client(self) -> EmbeddingClient:

@@ -34,6 +34,7 @@ from ._options import (
     ClientOptionFields,
     ModelOptionFields,
     model_option_values,
+    refuse_unknown,
     resolved_identity,
 )
 
@@ -56,7 +57,8 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
             process-wide shared engine.
         query_instruction: Prefix added to every query. Defaults to the model family's.
         text_instruction: Prefix added to every document. Defaults to the model family's.
-        embed_batch_size: Texts per batch (LlamaIndex's batching and embellama's requests).
+        embed_batch_size: Texts per batch of LlamaIndex's own batching (and its embedding events); embellama's
+            engine plans the decodes inside each batch itself. Defaults to LlamaIndex's (10).
         preload: Load the model now instead of on first use.
         **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``,
             ``max_tokens``, ``n_workers``, ``isolation``, ...), and other ``BaseEmbedding`` fields
@@ -100,12 +102,12 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
         preload: bool = False,
         **kwargs: Any,
     ) -> None:
+        refuse_unknown(type(self), kwargs)
         if model_path is None and not (engine is not None and model_name is not None):
             model_path = model_path_from_env()
         fields: dict[str, Any] = dict(
             model_path=None if model_path is None else str(model_path),
             model_name=model_name,
-            embed_batch_size=embed_batch_size,
             query_instruction=query_instruction,
             text_instruction=text_instruction,
         )
@@ -116,7 +118,7 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
         # validated by the core first, so invalid options raise embellama's ConfigurationError
         probe = EmbeddingClient(**_client_options(fields | defaults | options, engine))
         fields |= resolved_identity(probe)  # show the model in use, not None
-        super().__init__(**fields, **options, **kwargs)
+        super().__init__(**fields, embed_batch_size=embed_batch_size, **options, **kwargs)
         self._engine = engine
         if preload:
             self.client.preload()
@@ -231,11 +233,10 @@ def _callers_index(start: int) -> Iterator[None]:
 _CLIENT_FIELDS = (
     "model_path",
     "model_name",
-    "embed_batch_size",
     "query_instruction",
     "text_instruction",
 )
-_RENAMED = {"embed_batch_size": "batch_size", "text_instruction": "document_instruction"}
+_RENAMED = {"text_instruction": "document_instruction"}
 
 
 def _client_options(fields: dict[str, Any], engine: EmbeddingEngine | None) -> dict[str, Any]:
@@ -271,6 +272,7 @@ class EmbellamaRerank(BaseNodePostprocessor, ModelOptionFields):
     _slot: ClientSlot = PrivateAttr(default_factory=ClientSlot)
 
     def __init__(self, model_path: str | Path | None = None, *, engine: EmbeddingEngine | None = None, **data: Any):
+        refuse_unknown(type(self), data)
         if model_path is None and not (engine is not None and data.get("model_name") is not None):
             model_path = model_path_from_env()
         options = {k: data.pop(k) for k in MODEL_OPTION_NAMES if k in data}

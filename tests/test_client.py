@@ -36,8 +36,8 @@ def test_construction_is_lazy_and_loads_on_first_use(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": True}, "batch_size"),
+        ({"batch_size": 8}, r"'batch_size'.*batch_tokens"),
+        ({"device": "cpu"}, r"'device'.*n_gpu_layers"),
         ({"pooling": "median"}, "pooling"),
         ({"dimensions": 0}, "dimensions"),
         ({"n_workers": 0}, "n_workers"),
@@ -80,7 +80,7 @@ def test_instruction_prefixes_are_applied(engine: EmbeddingEngine) -> None:
 
 
 def test_output_is_python_floats_in_order(engine: EmbeddingEngine) -> None:
-    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, batch_size=3)
+    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME)
     texts = [f"sentence number {i} about topic {i % 4}" for i in range(10)]
     vectors = client.embed_documents(texts)
     assert len(vectors) == 10
@@ -93,7 +93,7 @@ def test_output_is_python_floats_in_order(engine: EmbeddingEngine) -> None:
 
 
 def test_batch_error_names_the_callers_index(engine: EmbeddingEngine) -> None:
-    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, batch_size=3)
+    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME)
     texts = ["short"] * 7 + ["word " * 2000] + ["short"]
     with pytest.raises(InvalidInputError) as info:
         client.embed_documents(texts)
@@ -106,14 +106,14 @@ def test_batch_error_names_the_callers_index(engine: EmbeddingEngine) -> None:
 
 
 async def test_async_batch_error_names_the_callers_index(engine: EmbeddingEngine) -> None:
-    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, batch_size=2)
+    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME)
     with pytest.raises(InvalidInputError) as info:
         await client.aembed_documents(["a", "b", "c", "word " * 2000])
     assert info.value.index == 3
 
 
 def test_same_file_and_options_share_one_loaded_model(model_path: Path, private_engine: EmbeddingEngine) -> None:
-    a = EmbeddingClient(model_path, engine=private_engine, query_instruction="q: ", batch_size=8)
+    a = EmbeddingClient(model_path, engine=private_engine, query_instruction="q: ")
     b = EmbeddingClient(model_path, engine=private_engine, model_name="other-name", show_progress=False)
     assert a.ensure_loaded() == b.ensure_loaded()
     assert len(private_engine.models) == 1
@@ -144,7 +144,7 @@ def test_shared_engine_is_recreated_after_close(model_path: Path) -> None:
 
 def test_namespace_is_stable_and_tracks_output_options(model_path: Path, engine: EmbeddingEngine) -> None:
     base = EmbeddingClient(model_path).namespace
-    assert base == EmbeddingClient(model_path, batch_size=7, show_progress=True, n_workers=2).namespace
+    assert base == EmbeddingClient(model_path, show_progress=True, n_workers=2).namespace
     assert base.startswith(f"embellama.{Path(default_model_file()).stem}.")  # -bf16 or -f16, by CPU
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", base)  # safe for any byte store, LocalFileStore included
     assert EmbeddingClient(model_path, query_instruction="query: ").namespace == base  # documents unaffected
@@ -178,7 +178,7 @@ def test_model_path_from_env(monkeypatch: pytest.MonkeyPatch, model_path: Path, 
 
 
 def test_progress_bar(engine: EmbeddingEngine, capsys: pytest.CaptureFixture[str]) -> None:
-    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, batch_size=4, show_progress=True)
+    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, show_progress=True)
     client.embed_documents([f"text {i}" for i in range(10)])
     err = capsys.readouterr().err
     assert "Embedding" in err and "10/10" in err
@@ -189,7 +189,7 @@ def test_progress_bar(engine: EmbeddingEngine, capsys: pytest.CaptureFixture[str
 async def test_async_awaits_the_model_thread_without_an_executor(
     engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, batch_size=5, query_instruction="q: ")
+    client = EmbeddingClient(engine=engine, model_name=MODEL_NAME, query_instruction="q: ")
     texts = [f"async text {i}" for i in range(12)]
     sync_docs, sync_query = client.embed_documents(texts), client.embed_query("question")
     loop = asyncio.get_running_loop()
@@ -206,3 +206,30 @@ async def test_async_awaits_the_model_thread_without_an_executor(
 def test_model_config_identity_matches_the_client(model_path: Path) -> None:
     client = EmbeddingClient(model_path, pooling="mean", n_threads=1)
     assert client.config == ModelConfig(model_path=model_path, pooling="mean", n_threads=1)
+
+
+def test_errors_name_the_users_model_not_the_registration_name(model_path: Path) -> None:
+    """A second configuration of one file is registered as ``name#2``; its errors still name the user's model."""
+    with EmbeddingEngine(cache_size=0) as engine:
+        _check_users_model_name(model_path, engine)
+
+
+def _check_users_model_name(model_path: Path, private_engine: EmbeddingEngine) -> None:
+    first = EmbeddingClient(model_path, engine=private_engine, truncate=False)
+    second = EmbeddingClient(model_path, engine=private_engine, truncate=False, normalize=False)
+    assert first.ensure_loaded()[1] == model_path.stem
+    assert second.ensure_loaded()[1] == f"{model_path.stem}#2"  # the engine's internal, de-duplicated name
+    too_long = "word " * 2000
+    for client in (first, second):
+        with pytest.raises(InvalidInputError) as info:
+            client.embed_query(too_long)
+        assert info.value.model_name == model_path.stem and "#" not in str(info.value)
+        with pytest.raises(InvalidInputError) as info:
+            client.embed_documents(["fine", too_long])
+        assert info.value.model_name == model_path.stem and info.value.index == 1
+        with pytest.raises(InvalidInputError) as info:
+            asyncio.run(client.aembed_documents([too_long]))
+        assert "#" not in str(info.value)
+    collecting = EmbeddingClient(model_path, engine=private_engine, normalize=False, truncate=False, on_error="collect")
+    assert collecting.embed_documents(["fine", too_long])[1] is None
+    assert collecting.last_errors[1].model_name == model_path.stem

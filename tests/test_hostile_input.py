@@ -235,7 +235,7 @@ def adapters(model_path: Any) -> list[Any]:
     from embellama_integrations.llama_index import EmbellamaEmbedding
 
     return [
-        EmbellamaEmbeddings(model_path=str(model_path), batch_size=2, truncate=False),
+        EmbellamaEmbeddings(model_path=str(model_path), truncate=False),
         EmbellamaEmbedding(model_path=str(model_path), embed_batch_size=2, truncate=False),
     ]
 

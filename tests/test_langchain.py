@@ -36,7 +36,7 @@ class TestEmbellamaEmbeddingsUnit(EmbeddingsUnitTests):
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
         path = str(default_model_path())
-        return {"EMBELLAMA_MODEL_PATH": path}, {"batch_size": 16}, {"model_path": path, "batch_size": 16}
+        return {"EMBELLAMA_MODEL_PATH": path}, {"show_progress": False}, {"model_path": path, "show_progress": False}
 
 
 class TestEmbellamaEmbeddingsIntegration(EmbeddingsIntegrationTests):
@@ -63,15 +63,15 @@ DOCS = [
 def test_fields_are_documented_and_extra_is_forbidden() -> None:
     undocumented = [name for name, field in EmbellamaEmbeddings.model_fields.items() if not field.description]
     assert not undocumented
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ConfigurationError, match=r"'modle_path': did you mean model_path=\?"):
         EmbellamaEmbeddings(modle_path="typo.gguf")  # type: ignore[call-arg]
 
 
 def test_invalid_options_raise_the_core_error() -> None:
     with pytest.raises(ConfigurationError, match="pooling"):
         EmbellamaEmbeddings(pooling="median")
-    with pytest.raises(ConfigurationError, match="batch_size"):
-        EmbellamaEmbeddings(batch_size=0)
+    with pytest.raises(ConfigurationError, match=r"'batch_size'.*batch_tokens"):
+        EmbellamaEmbeddings(batch_size=16)  # accepted and ignored once; now refused, naming what to use
 
 
 def test_construction_is_cheap(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_preload_and_info(model_path: Path) -> None:
 
 
 async def test_async_awaits_the_model_thread(engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    embeddings = EmbellamaEmbeddings(engine=engine, model_name=MODEL_NAME, batch_size=2)
+    embeddings = EmbellamaEmbeddings(engine=engine, model_name=MODEL_NAME)
     sync_docs, sync_query = embeddings.embed_documents(DOCS), embeddings.embed_query("llama")
     loop = asyncio.get_running_loop()
 
@@ -159,5 +159,5 @@ def test_cache_backed_embeddings(model_path: Path, monkeypatch: pytest.MonkeyPat
     again = cached.embed_documents([*DOCS, "a new text"])
     assert calls == [1]  # only the new text reached the model
     assert np.allclose(again[: len(DOCS)], first, atol=1e-6)
-    assert EmbellamaEmbeddings(model_path=str(model_path), batch_size=3).namespace == embeddings.namespace
+    assert EmbellamaEmbeddings(model_path=str(model_path), show_progress=True).namespace == embeddings.namespace
     assert EmbellamaEmbeddings(model_path=str(model_path), normalize=False).namespace != embeddings.namespace

@@ -157,7 +157,7 @@ def test_shares_one_model_with_the_langchain_adapter(model_path: Path) -> None:
     engine = li.client.engine
     n_models = len(engine.models)
     EmbellamaEmbedding(str(model_path)).get_query_embedding("x")
-    EmbellamaEmbeddings(model_path=str(model_path), batch_size=2).embed_query("x")
+    EmbellamaEmbeddings(model_path=str(model_path), show_progress=True).embed_query("x")
     assert len(engine.models) == n_models
     assert li.namespace == lc.namespace
     assert li.get_text_embedding("llama") == lc.embed_documents(["llama"])[0]

@@ -99,7 +99,7 @@ def _chunks(n: int) -> list[str]:
 async def test_langchain_async_ingestion_with_concurrent_queries(
     model_path: Path, private_engine: EmbeddingEngine
 ) -> None:
-    embeddings = EmbellamaEmbeddings(model_path=str(model_path), engine=private_engine, batch_size=32)
+    embeddings = EmbellamaEmbeddings(model_path=str(model_path), engine=private_engine)
     chunks = _chunks(300)
     queries = list(QUERIES)
     docs, *query_vectors = await asyncio.gather(

@@ -26,14 +26,23 @@ from typing import Any
 from .config import MODEL_OPTIONS, ModelConfig
 from .default_model import cache_dir, default_model_file, default_model_path
 from .engine import EmbeddingEngine, ProgressCallback, in_thread
-from .errors import ConfigurationError, InvalidInputError
+from .errors import ConfigurationError, InvalidInputError, ModelNotFoundError
 from .families import detect_family
 from .gguf import file_fingerprint, read_header
 from .hub import FromPretrained
+from .migration import hub_id_hint, looks_like_hub_id, unknown_options_error
 from .planning import OnError
 from .types import BatchResult, ModelInfo, Reranking
 
-__all__ = ["MODEL_PATH_ENV", "ClientBacked", "ClientSlot", "EmbeddingClient", "model_path_from_env", "shared_engine"]
+__all__ = [
+    "CLIENT_OPTIONS",
+    "MODEL_PATH_ENV",
+    "ClientBacked",
+    "ClientSlot",
+    "EmbeddingClient",
+    "model_path_from_env",
+    "shared_engine",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +51,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 MODEL_PATH_ENV = "EMBELLAMA_MODEL_PATH"
 """Environment variable naming the GGUF file to use when no ``model_path`` is given."""
 
-DEFAULT_BATCH_SIZE = 64
+CLIENT_OPTIONS = (
+    "model_path",
+    "engine",
+    "model_name",
+    "query_instruction",
+    "document_instruction",
+    "show_progress",
+    "on_error",
+    "preload",
+)
+"""The keywords of :class:`EmbeddingClient` besides the model options."""
 
 _shared: EmbeddingEngine | None = None
 _shared_lock = threading.Lock()
@@ -85,7 +104,6 @@ class EmbeddingClient(FromPretrained):
         engine: Engine to use. Defaults to :func:`shared_engine`.
         model_name: With ``engine`` and no ``model_path``: the name of a model already loaded there. Otherwise the
             name the model is registered under (a model with the same file and options keeps its existing name).
-        batch_size: Kept for compatibility: the engine plans and splits every request itself. Defaults to 64.
         query_instruction: Prefix added to every query (e.g. ``"query: "`` for E5 models). Defaults to the model
             family's query prompt (see :mod:`embellama.families`), if any; ``""`` means none.
         document_instruction: Prefix added to every document (e.g. ``"passage: "``). Defaults to the model
@@ -96,10 +114,13 @@ class EmbeddingClient(FromPretrained):
         preload: Load the model now instead of on first use. Defaults to False.
         **model_options: Any :class:`~embellama.config.ModelConfig` option (``pooling``, ``normalize``,
             ``dimensions``, ``truncate``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
+            A keyword of another library (``device``, ``max_length``, ``n_ctx``, ``model_kwargs``, ...) raises,
+            naming the embellama equivalent (see :mod:`embellama.migration`).
 
     Raises:
-        ConfigurationError: an option is invalid.
-        ModelNotFoundError: ``engine`` and ``model_name`` name no loaded model.
+        ConfigurationError: an option is invalid or unknown.
+        ModelNotFoundError: ``engine`` and ``model_name`` name no loaded model, or a hub repository id was given
+            where a GGUF file is expected (the message points to ``from_pretrained``).
     """
 
     def __init__(
@@ -108,7 +129,6 @@ class EmbeddingClient(FromPretrained):
         *,
         engine: EmbeddingEngine | None = None,
         model_name: str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
         query_instruction: str | None = None,
         document_instruction: str | None = None,
         show_progress: bool = False,
@@ -118,16 +138,13 @@ class EmbeddingClient(FromPretrained):
     ) -> None:
         if engine is not None and not isinstance(engine, EmbeddingEngine):
             raise ConfigurationError(f"engine must be an EmbeddingEngine, got {type(engine).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(show_progress, bool):
             raise ConfigurationError(f"show_progress must be a bool, got {show_progress!r}")
-        unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
+        unknown = {k: v for k, v in model_options.items() if k not in MODEL_OPTIONS}
         if unknown:
-            raise ConfigurationError(f"unknown option(s) {unknown}; model options are {sorted(MODEL_OPTIONS)}")
+            raise unknown_options_error(unknown, (*MODEL_OPTIONS, *CLIENT_OPTIONS), where="EmbeddingClient")
         self.query_instruction = _check_instruction("query_instruction", query_instruction)
         self.document_instruction = _check_instruction("document_instruction", document_instruction)
-        self.batch_size = batch_size
         self.show_progress = show_progress
         if on_error not in ("raise", "collect"):
             raise ConfigurationError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
@@ -140,6 +157,10 @@ class EmbeddingClient(FromPretrained):
         self._release: Any = None
         self.config: ModelConfig | None
         given = {k: v for k, v in model_options.items() if not (v is None and MODEL_OPTIONS[k] is None)}
+        by_name = engine is not None and model_path is None
+        for value in (model_path, None if by_name else model_name):
+            if value is not None and looks_like_hub_id(value):
+                raise ModelNotFoundError(hub_id_hint(value))
         if model_name is not None and _names_a_file(model_name) and not (engine is not None and model_path is None):
             # the Hugging Face habit: model_name="/path/model.gguf" means the file
             if model_path is not None and str(model_path) not in (model_name, model_path_from_env()):
@@ -319,7 +340,7 @@ class EmbeddingClient(FromPretrained):
         With ``on_error="collect"`` a text that cannot be embedded gets ``None`` instead (see :attr:`last_errors`).
         """
         engine, name = self.ensure_loaded()
-        with self._progress(texts) as progress:
+        with self._users_model_name(), self._progress(texts) as progress:
             result = engine.embed_batch(
                 name, texts, progress=progress, on_error=self.on_error, prompt=self.role_prompt("document")
             )
@@ -328,12 +349,13 @@ class EmbeddingClient(FromPretrained):
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the query instruction, or the model's query prompt)."""
         engine, name = self.ensure_loaded()
-        return engine.embed(name, text, prompt=self.role_prompt("query"))
+        with self._users_model_name():
+            return engine.embed(name, text, prompt=self.role_prompt("query"))
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`: awaits the model thread, never blocks the loop or uses an executor."""
         engine, name = await self.aensure_loaded()
-        with self._progress(texts) as progress:
+        with self._users_model_name(), self._progress(texts) as progress:
             result = await engine.aembed_batch(
                 name, texts, progress=progress, on_error=self.on_error, prompt=self.role_prompt("document")
             )
@@ -342,7 +364,8 @@ class EmbeddingClient(FromPretrained):
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`."""
         engine, name = await self.aensure_loaded()
-        return await engine.aembed(name, text, prompt=self.role_prompt("query"))
+        with self._users_model_name():
+            return await engine.aembed(name, text, prompt=self.role_prompt("query"))
 
     # ------------------------------------------------------------------ reranking
     def rerank(
@@ -350,22 +373,25 @@ class EmbeddingClient(FromPretrained):
     ) -> Reranking:
         """Score ``documents`` against ``query`` with this client's reranker model (see ``EmbeddingEngine.rerank``)."""
         engine, name = self.ensure_loaded()
-        return engine.rerank(name, query, documents, top_n=top_n, normalize=normalize)
+        with self._users_model_name():
+            return engine.rerank(name, query, documents, top_n=top_n, normalize=normalize)
 
     async def arerank(
         self, query: str, documents: Sequence[str], *, top_n: int | None = None, normalize: bool = False
     ) -> Reranking:
         """Async :meth:`rerank`: the first load runs on a helper thread, scoring awaits the model thread."""
         engine, name = await self.aensure_loaded()
-        return await engine.arerank(name, query, documents, top_n=top_n, normalize=normalize)
+        with self._users_model_name():
+            return await engine.arerank(name, query, documents, top_n=top_n, normalize=normalize)
 
     def _vectors(self, result: Any) -> list[Any]:
         if not isinstance(result, BatchResult):
             vectors: list[list[float]] = result
             return vectors
-        self.last_errors = result.errors
-        if result.errors:
-            first = next(iter(result.errors.values()))
+        user = self._users_name
+        self.last_errors = {i: e if user is None else e.with_model_name(user) for i, e in result.errors.items()}
+        if self.last_errors:
+            first = next(iter(self.last_errors.values()))
             logger.warning(
                 "%d of %d texts could not be embedded and got None (on_error='collect'); first: %s",
                 len(result.errors),
@@ -379,6 +405,23 @@ class EmbeddingClient(FromPretrained):
         return f"<EmbeddingClient {self.model_name!r} ({where})>"
 
     # ------------------------------------------------------------------ internals
+    @property
+    def _users_name(self) -> str | None:
+        """The model's name as the user gave it (the file name without ``.gguf``, or their ``model_name``): the
+        engine registers a second configuration of one file as ``name#2``, which errors must not show."""
+        return None if self.config is None else self.config.name
+
+    @contextmanager
+    def _users_model_name(self) -> Iterator[None]:
+        """Errors about a text name the model as the user knows it, never its internal registration name."""
+        try:
+            yield
+        except InvalidInputError as exc:
+            user = self._users_name
+            if user is None or exc.model_name in (None, user):
+                raise
+            raise exc.with_model_name(user) from None
+
     @contextmanager
     def progress_scope(self, total: int, *, enabled: bool = True) -> Iterator[None]:
         """One progress bar for a framework call that reaches this client in several sub-batches (LlamaIndex).

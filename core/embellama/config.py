@@ -76,6 +76,9 @@ MAX_DEFAULT_WORKERS = 4
 def default_worker_count() -> int:
     """Model instances per model by default: one per usable core, at most :data:`MAX_DEFAULT_WORKERS`.
 
+    Usable cores are :func:`~embellama.cpu.usable_cores`: the affinity mask, or the cgroup CPU quota when it is
+    smaller (a container with ``--cpus=2`` on a 64-core host plans 2 workers x 1 thread, not 4 x 16).
+
     One single-thread instance per core is faster than one instance with every core, and keeps its speed beside a
     competing busy process (measurements: docs/performance.md, "Why the defaults").
     """
@@ -83,7 +86,8 @@ def default_worker_count() -> int:
 
 
 def default_thread_count(n_workers: int = 1) -> int:
-    """Threads per model instance: the usable cores split between the workers, at least one.
+    """Threads per model instance: the usable cores (affinity and cgroup quota) split between the workers, at
+    least one.
 
     llama.cpp's worker threads spin while waiting, so using every logical CPU collapses throughput as soon as
     another process competes (measurements: docs/performance.md, "Why the defaults").
@@ -135,7 +139,9 @@ class ModelConfig:
     """Name the engine registers the model under. Defaults to the file name without ``.gguf``."""
 
     pooling: Pooling | str = Pooling.MODEL
-    """Pooling strategy (a :class:`Pooling` or its string). Defaults to the model's own."""
+    """Pooling strategy: ``"model"`` (the GGUF's own), ``"mean"``, ``"cls"``, ``"last"``, ``"max"``,
+    ``"mean_sqrt_len"``, or ``"rank"`` for a reranker (a :class:`Pooling` or its string). Defaults to the model's
+    own."""
 
     normalize: bool = True
     """L2-normalize each vector. Defaults to True."""
@@ -153,28 +159,30 @@ class ModelConfig:
 
     batch_tokens: int = None  # type: ignore[assignment]  # resolved in __post_init__
     """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Raised at load to the input limit when
-    that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on CPU: llama.cpp keeps a
-    vocabulary-sized output row per token of the largest decode (31 MB per 256 tokens for a 30k vocabulary), and
-    512 measured no faster. With layers offloaded to a GPU (``n_gpu_layers != 0``) it defaults to 2048: a GPU
-    needs large decodes to be busy (not verified on a GPU yet). Decoders' budgets are also capped by their
-    vocabulary (see :mod:`embellama.sizing`)."""
+    that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on CPU, 2048 with layers
+    offloaded to a GPU (``n_gpu_layers != 0``). On CPU llama.cpp keeps a vocabulary-sized output row per token of
+    the largest decode (31 MB per 256 tokens for a 30k vocabulary), and 512 measured no faster; a GPU needs large
+    decodes to be busy (not verified on a GPU yet). Decoders' budgets are also capped by their vocabulary (see
+    :mod:`embellama.sizing`)."""
 
     max_texts_per_decode: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8 on CPU,
-    measured best on the default model (more sequences per decode was slower), and to 64 with layers offloaded to
-    a GPU (large decodes; not verified on a GPU yet)."""
+    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8 on CPU, 64
+    with layers offloaded to a GPU (at most ``batch_tokens``). 8 measured best on the default model (more sequences
+    per decode was slower); the GPU default is not verified on a GPU yet."""
 
     n_threads: int | None = None
-    """Threads of each model instance. Defaults to the usable cores divided by ``n_workers``."""
+    """Threads of each model instance. Defaults to the usable cores (affinity mask, or the cgroup CPU quota if
+    smaller) divided by ``n_workers``."""
 
     n_workers: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    """Model instances serving this model, each owned by its own thread. Defaults to one per usable core (at
-    most 4, see :func:`default_worker_count`), so each instance runs one thread — or to one when layers are
-    offloaded to a GPU (``n_gpu_layers != 0``), where a single context with large decodes suits the device (GPU
-    defaults are not verified on a GPU yet)."""
+    """Model instances serving this model, each owned by its own thread. Defaults to one per usable core, at most
+    4 (1 when ``n_gpu_layers != 0``). Usable cores are the affinity mask or the cgroup CPU quota, whichever is
+    smaller (see :func:`default_worker_count`), so each instance runs one thread; on a GPU a single context with
+    large decodes suits the device (GPU defaults are not verified on a GPU yet)."""
 
     n_gpu_layers: int = 0
-    """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build. Defaults to 0."""
+    """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build (``make demo CUDA=1`` or
+    ``scripts/build_llama_cpp.py --cuda`` builds llama.cpp with CUDA; GPU use is not verified yet). Defaults to 0."""
 
     use_mmap: bool = True
     """Memory-map the model file. Defaults to True."""
@@ -210,7 +218,8 @@ class ModelConfig:
     Defaults to the model family's rule, else the GGUF tokenizer's."""
 
     verbose: bool = False
-    """Let llama.cpp print its own log to stderr. Defaults to False."""
+    """Let llama.cpp print its own log to stderr (otherwise it goes to the ``embellama.llama_cpp`` logger). Defaults
+    to False."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, (str, Path)) or not str(self.model_path):

@@ -101,6 +101,17 @@ class InvalidInputError(EmbellamaError, ValueError):
             preview=preview,
         )
 
+    def with_model_name(self, model_name: str | None) -> InvalidInputError:
+        """Return a copy of this error naming the model ``model_name`` (the name the user knows it by)."""
+        return InvalidInputError(
+            self.reason,
+            index=self.index,
+            n_tokens=self.n_tokens,
+            limit=self.limit,
+            model_name=model_name,
+            preview=self.preview,
+        )
+
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # keeps keyword attributes across pickling (process isolation sends errors between processes)
         return (
