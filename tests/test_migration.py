@@ -118,7 +118,7 @@ def test_readme_options_table_is_generated_from_model_config() -> None:
     readme = (ROOT / "docs" / "options.md").read_text()
     assert BEGIN in readme and END in readme
     assert replace_block(readme, options_table()) == readme, (
-        "docs/options.md's options table differs from ModelConfig: run `python -m embellama.options_doc --write docs/options.md`"
+        "docs/options.md differs from ModelConfig: run `python -m embellama.options_doc --write docs/options.md`"
     )
 
 
