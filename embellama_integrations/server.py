@@ -46,7 +46,15 @@ from embellama.errors import (
 from embellama.types import ModelInfo
 
 from .server_errors import ApiError
-from .server_guard import Drain, DrainingServer, DrainTimeout, GuardSettings, default_max_connections, guarded_protocol
+from .server_guard import (
+    Drain,
+    DrainingServer,
+    DrainTimeout,
+    GuardSettings,
+    default_backlog,
+    default_max_connections,
+    guarded_protocol,
+)
 from .server_metrics import Metrics
 
 __all__ = ["ServerLimits", "build_server", "check_api_key", "create_app", "serve"]
@@ -72,7 +80,8 @@ class ServerLimits:
     """Texts accepted but not yet answered, over all requests; beyond it a request answers 503 + Retry-After."""
     max_connections: int = field(default_factory=default_max_connections)
     """Open connections; past it the longest-idle one is closed, or a request answers 503 when all are busy.
-    Defaults to three quarters of the process's open-file limit."""
+    Defaults to the open-file limit less one accept burst and a reserve (768 of 1,024; see
+    :func:`~embellama_integrations.server_guard.default_max_connections`)."""
     header_timeout: float = 10.0
     """Seconds a client has to send a request's line and headers; then 408 and close (slowloris)."""
     body_timeout: float = 60.0
@@ -570,6 +579,7 @@ def build_server(
         log_level=log_level,
         http=guarded_protocol(guard),
         timeout_keep_alive=max(1, round(limits.idle_timeout)),
+        backlog=default_backlog(),
         lifespan="on",
     )
     return DrainingServer(config, app.state.drain, guard)

@@ -40,19 +40,41 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .server_errors import error_body, raw_error_response
 
-__all__ = ["Drain", "DrainTimeout", "DrainingServer", "GuardSettings", "default_max_connections", "guarded_protocol"]
+__all__ = [
+    "Drain",
+    "DrainTimeout",
+    "DrainingServer",
+    "GuardSettings",
+    "default_backlog",
+    "default_max_connections",
+    "guarded_protocol",
+]
 
-logger = logging.getLogger("embellama.server")
+logger = logging.getLogger("uvicorn.error")  # configured by uvicorn: the drain report is part of its shutdown log
 
 T = TypeVar("T")
 
 
-def default_max_connections() -> int:
-    """Three quarters of this process's open-file limit (the rest is left for models, child processes, logs)."""
+def _open_file_limit() -> int:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        soft = 65536
-    return max(16, min(soft * 3 // 4, soft - 64))
+    return 65536 if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+def default_backlog() -> int:
+    """Connections accepted per burst (the listen backlog): an eighth of the open-file limit, 16 to 2,048.
+
+    asyncio accepts up to this many connections before any of them runs its ``connection_made``, so the cap can
+    only make room once a burst is in: the cap plus this must stay under the descriptor limit."""
+    return max(16, min(2048, _open_file_limit() // 8))
+
+
+def default_max_connections() -> int:
+    """Open connections the cap allows: the open-file limit less one accept burst (:func:`default_backlog`) and a
+    reserve (an eighth, at least 64) for models, child processes and logs; so a 256-descriptor process takes 160 and
+    a 1,024-descriptor one 768, and the server never runs out of descriptors (asyncio would stop accepting for a
+    second each time)."""
+    soft = _open_file_limit()
+    return max(16, soft - max(64, soft // 8) - default_backlog())
 
 
 @dataclass

