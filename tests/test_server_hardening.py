@@ -501,3 +501,27 @@ def test_metrics_have_help_lines_and_process_metrics_with_and_without_prometheus
     theirs = {k.split("{")[0] for k in metric_values(fallback.render_fallback()) if k.startswith("embellama_")}
     assert theirs <= ours and ours - theirs <= {"embellama_open_connections", "embellama_connections_closed_total"}
     assert metric_values(text)['embellama_request_texts_bucket{le="2"}'] >= 1
+
+
+def test_metrics_stay_bounded_under_random_paths_and_model_names(http: httpx.Client) -> None:
+    """Labels come from the server's own routes, statuses and error types: 300 requests to random paths, with random
+    model names and malformed bodies, add no sample."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(3):  # every (route, status) and error type the loop below can produce, once
+        http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
+        http.post("/v1/embeddings", content=b"{")
+        http.get("/v1/nothing")
+        http.get("/metrics")
+    before = metric_values(http.get("/metrics").text)
+    for i in range(300):
+        token = "".join(rng.choices("abcdefghij/%", k=rng.randint(1, 40)))
+        if i % 3 == 0:
+            assert http.get(f"/{token}").status_code in (404, 405)
+        elif i % 3 == 1:
+            assert http.post("/v1/embeddings", json={"model": token, "input": "x"}).status_code == 404
+        else:
+            assert http.post("/v1/embeddings", content=token.encode()).status_code == 400
+    after = metric_values(http.get("/metrics").text)
+    assert set(after) == set(before), set(after) ^ set(before)

@@ -1,7 +1,7 @@
 """Soak (``make stress``): 10,000 requests with random prompts and inputs to a real ``embellama serve``; its resident
 memory must stay within 50 MB of its value after warm-up (issue 18, "Done means").
 
-Requests mix embeddings with random ``prompt`` s (0-512 bytes), 1-32 random inputs (1-400 bytes), both encodings,
+Requests mix embeddings with random ``prompt`` s (1-128 bytes), 1-6 random inputs (1-100 bytes), both encodings,
 ``dimensions``, malformed bodies and over-limit requests, eight at a time over keep-alive connections, loopback only.
 """
 
@@ -47,10 +47,10 @@ def _request(rng: random.Random) -> tuple[str, Any]:
         return "json", {"model": MODEL, "input": "x", "prompt_name": [rng.random()]}  # wrong type
     body: dict[str, Any] = {
         "model": MODEL,
-        "input": [_words(rng, rng.randint(1, 400)) for _ in range(rng.randint(1, 32))],
+        "input": [_words(rng, rng.randint(1, 100)) for _ in range(rng.randint(1, 6))],
     }
     if rng.random() < 0.7:
-        body["prompt"] = _words(rng, rng.randint(1, 512)) + ": "
+        body["prompt"] = _words(rng, rng.randint(1, 128)) + ": "
     if rng.random() < 0.3:
         body["encoding_format"] = "base64"
     if rng.random() < 0.2:
