@@ -490,6 +490,7 @@ def test_metrics_have_help_lines_and_process_metrics_with_and_without_prometheus
     text = http.get("/metrics").text
     fallback = Metrics()
     fallback.requests[("/v1/embeddings", 200)] += 1
+    fallback.errors["not_found_error"] += 1
     for exposition in (text, fallback.render_fallback()):
         types = re.findall(r"^# TYPE (\S+) ", exposition, re.M)
         helps = re.findall(r"^# HELP (\S+) ", exposition, re.M)
