@@ -338,7 +338,7 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str | None, str]] = [
     ("rerank-embedder", "/v1/rerank", {"json": {"model": MODEL, "query": "q", "documents": ["a"]}}, 400, "model",
      "embedding"),
     ("rerank-top-n", "/v1/rerank", {"json": {"model": RERANKER, "query": "q", "documents": ["a"], "top_n": 0}}, 400,
-     None, "top_n"),
+     "top_n", "top_n"),
 ]  # fmt: skip
 
 

@@ -113,18 +113,31 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     import os
 
     try:
-        from embellama_integrations.server import serve
+        from embellama_integrations.server import ServerLimits, serve
     except ImportError as exc:  # pragma: no cover - the server extra is missing
         print(f"embellama serve needs the server extra (pip install 'embellama[server]'): {exc}", file=sys.stderr)
         return 2
     names = list(ns.model_name or [])
     models = [(names[i] if i < len(names) else None, path) for i, path in enumerate(ns.model)]
+    limits = {
+        key: value
+        for key, value in (
+            ("drain_seconds", ns.drain_seconds),
+            ("max_connections", ns.max_connections),
+            ("header_timeout", ns.header_timeout),
+            ("max_request_tokens", ns.max_request_tokens),
+        )
+        if value is not None
+    }
+    options = {"isolation": ns.isolation} if ns.isolation else {}
     serve(
         models,
         host=ns.host,
         port=ns.port,
         api_key=ns.api_key or os.environ.get("EMBELLAMA_API_KEY") or None,
+        limits=ServerLimits(**limits),
         truncate=ns.truncate,
+        **options,
     )
     return 0
 
@@ -297,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", default=None, help="require this bearer token (default: $EMBELLAMA_API_KEY)")
     srv.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of answering 400")
+    srv.add_argument("--isolation", choices=["thread", "process"], help="run each model in a child process "
+                     "(a native crash then fails its requests instead of the server; default: thread)")  # fmt: skip
+    srv.add_argument("--drain-seconds", type=float, help="at SIGTERM, seconds requests in flight get to finish "
+                     "(default: 30); later ones are answered 503 and logged")  # fmt: skip
+    srv.add_argument("--max-connections", type=int, help="open connections (default: about 3/4 of the open-file limit)")
+    srv.add_argument("--header-timeout", type=float, help="seconds a client has to send its headers (default: 10)")
+    srv.add_argument("--max-request-tokens", type=int, help="tokens one request may make the model process "
+                     "(default: 524288)")  # fmt: skip
     srv.set_defaults(func=_cmd_serve)
     ing = sub.add_parser("ingest", help="embed a JSONL/Parquet corpus into a LanceDB table (optionally on Ray)")
     ing.add_argument("corpus", help="JSONL or Parquet file: one document per row")

@@ -33,7 +33,7 @@ from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_reques
 from .scheduler import WorkerPool
 from .texts import validate_text
 from .truncation import call_offset, one_report_per_call, report_truncation
-from .types import BatchResult, Item, Job, JobResult, ModelInfo, RankedDocument, Reranking
+from .types import BatchResult, Item, Job, JobResult, ModelHealth, ModelInfo, RankedDocument, Reranking
 from .waiting import Progress, ProgressCallback, adrive, await_jobs, in_thread, wait_jobs
 
 __all__ = [
@@ -565,6 +565,20 @@ class EmbeddingEngine:
         otherwise every entry is this process's id.
         """
         return self._serving(name).pool.pids()
+
+    def model_health(self, name: str, *, revive: bool = False) -> ModelHealth:
+        """Diagnostics: the state of each worker of model ``name`` (live or not, crashes, restarts, last error).
+
+        Args:
+            name: A loaded model's name.
+            revive: Queue a check-only request for each dead worker, so a lost child process is restarted without
+                waiting for a client's request. Defaults to False.
+        """
+        model = self._serving(name)
+        health = ModelHealth(name, tuple(model.pool.health()))
+        if revive and health.live < len(health.workers):
+            model.pool.revive()
+        return health
 
     # ------------------------------------------------------------------ cache & lifecycle
     def cache_stats(self) -> CacheStats:

@@ -193,11 +193,15 @@ class ProcessBackend:
 
     Attributes:
         crashes: How many times a child died (or was killed as stuck) while loading or serving.
+        restarts: How many times a fresh child was started for a request after one was lost.
+        last_error: What the last lost child's requests failed with (None before any loss).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.crashes = 0
+        self.restarts = 0
+        self.last_error: str | None = None
         self._child: _Child | None = None
         self._closing: _Child | None = None
         """A child being stopped: still reachable by :meth:`kill` (a stuck one would not answer the stop)."""
@@ -263,6 +267,7 @@ class ProcessBackend:
                         f"the worker process of model {self.config.name!r} {stuck}; it is restarted for the next "
                         "request (raise request_timeout for slower models)"
                     )
+                    self.last_error = str(error)
                     for job in group:
                         job.future.set_exception(error)
                     continue
@@ -270,6 +275,7 @@ class ProcessBackend:
                     error = ModelCrashedError(
                         f"the worker process of model {self.config.name!r} {died} while serving this request"
                     )
+                    self.last_error = str(error)
                     for job in group:
                         if job.attempts < self.config.crash_retries:
                             job.attempts += 1
@@ -298,6 +304,7 @@ class ProcessBackend:
 
     def _start_for_request(self) -> _Child:
         """A fresh child for a request after a crash (dying while loading counts as a crash of the request)."""
+        self.restarts += 1
         self._start()
         assert self._child is not None
         return self._child

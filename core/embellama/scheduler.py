@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from .errors import EngineClosedError
-from .types import Job, ModelInfo
+from .types import Job, ModelInfo, WorkerHealth
 
 __all__ = ["COALESCE_TEXTS", "Backend", "BackendFactory", "JobQueue", "WorkerPool"]
 
@@ -199,6 +199,7 @@ class WorkerPool:
         self.info: ModelInfo | None = None
         self._lock = threading.Lock()
         self._busy = 0
+        self._revivals: list[Future[Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> ModelInfo:
@@ -288,6 +289,36 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._busy -= 1
+
+    def health(self) -> list[WorkerHealth]:
+        """Each worker's state: its process, whether it can serve now, and its backend's crash counters."""
+        out = []
+        for w in self.workers:
+            backend = w.backend
+            pid = backend.pid if backend is not None else None
+            out.append(
+                WorkerHealth(
+                    pid=pid,
+                    alive=pid is not None and w.is_alive() and not self.stopping.is_set(),
+                    crashes=int(getattr(backend, "crashes", 0)),
+                    restarts=int(getattr(backend, "restarts", 0)),
+                    last_error=getattr(backend, "last_error", None),
+                )
+            )
+        return out
+
+    def revive(self) -> None:
+        """Queue a check-only job per dead worker: a lost child process is noticed, then restarted, without waiting
+        for a client's request (a readiness probe that takes a server out of rotation would otherwise wait
+        forever)."""
+        if any(not f.done() for f in self._revivals):
+            return  # one nudge at a time, however often a probe asks
+        self._revivals = []
+        for health in self.health():
+            if not health.alive and not self.stopping.is_set():
+                job = Job([""], check_only=True)
+                self._revivals.append(job.future)
+                self.put(job)
 
     def pids(self) -> list[int | None]:
         """Process serving each worker's instance (None while unknown)."""

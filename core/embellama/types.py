@@ -15,7 +15,18 @@ import numpy.typing as npt
 
 from .errors import InvalidInputError
 
-__all__ = ["BatchResult", "Item", "Job", "JobResult", "ModelInfo", "Payload", "RankedDocument", "Reranking"]
+__all__ = [
+    "BatchResult",
+    "Item",
+    "Job",
+    "JobResult",
+    "ModelHealth",
+    "ModelInfo",
+    "Payload",
+    "RankedDocument",
+    "Reranking",
+    "WorkerHealth",
+]
 
 
 @dataclass(frozen=True)
@@ -138,3 +149,48 @@ class Reranking:
     """One score per document, in the order given (raw head output, or 0..1 with ``normalize=True``)."""
     top: list[RankedDocument]
     """Documents by descending score, at most ``top_n`` of them."""
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """One worker of a model, as :meth:`~embellama.engine.EmbeddingEngine.model_health` reports it."""
+
+    pid: int | None
+    """Process serving the worker's instance (None while its child process is dead or restarting)."""
+    alive: bool
+    """Whether the worker can serve a request now."""
+    crashes: int = 0
+    """Times its child process died or was killed as stuck (process isolation)."""
+    restarts: int = 0
+    """Times a fresh child process was started after one was lost."""
+    last_error: str | None = None
+    """What the requests of the last lost child failed with."""
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """The workers of one loaded model."""
+
+    name: str
+    workers: tuple[WorkerHealth, ...]
+
+    @property
+    def live(self) -> int:
+        """Workers that can serve a request now."""
+        return sum(w.alive for w in self.workers)
+
+    @property
+    def crashes(self) -> int:
+        """Crashes over all workers."""
+        return sum(w.crashes for w in self.workers)
+
+    @property
+    def restarts(self) -> int:
+        """Restarts over all workers."""
+        return sum(w.restarts for w in self.workers)
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error of a worker that has one."""
+        errors = [w.last_error for w in self.workers if w.last_error]
+        return errors[-1] if errors else None
