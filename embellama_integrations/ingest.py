@@ -244,11 +244,11 @@ def _ingest_on_ray(files: list[Path], corpus: str | Path, db: str | Path, addres
         # read tasks need a CPU the actor pool leaves free; none is free when the pool was sized to the cluster
         actors, actor_cpus = pool_layout(options.get("num_actors"), 1)
         free = int(ray.cluster_resources().get("CPU", 1)) - actors * actor_cpus  # type: ignore[no-untyped-call]
-        read_args = {"ray_remote_args": {"num_cpus": 1 if free >= 1 else 0}}
+        read_cpus: dict[str, Any] = {"num_cpus": 1 if free >= 1 else 0}
         if corpus_kind(files) == "json":
-            ds = ray.data.read_json(paths, **read_args)
+            ds = ray.data.read_json(paths, ray_remote_args=read_cpus)
         else:
-            ds = ray.data.read_parquet(paths, **read_args)
+            ds = ray.data.read_parquet(paths, ray_remote_args=read_cpus)
         return ingest_dataset(ds, db=db, **options)
     finally:
         if started_here:
@@ -328,10 +328,8 @@ def ingest_dataset(
     )
     if resume and writer.rows_before:
         writer.index_ids()
-        ds = ds.map_batches(
-            drop_present, fn_kwargs={"db": writer.uri, "table": name, "id_column": id_column},
-            batch_format="pyarrow", batch_size=write_rows, num_cpus=0,
-        )  # fmt: skip
+        unseen = functools.partial(drop_present, db=writer.uri, table=name, id_column=id_column)
+        ds = ds.map_batches(unseen, batch_format="pyarrow", batch_size=write_rows, num_cpus=0)
     embedded = embed_dataset(
         ds, model_path=path, text_column=text_column, id_column=id_column, num_actors=num_actors,
         cpus_per_actor=cpus_per_actor, batch_size=batch_size, on_error="collect", **model_options,
@@ -345,6 +343,7 @@ def ingest_dataset(
     errors: dict[str, str] = {}
     try:
         for summary in summaries.iter_batches(batch_format="pyarrow", batch_size=None):
+            assert isinstance(summary, pa.Table)
             for row in summary.to_pylist():
                 _check_rows(row["failed"], row["errors"], on_error, errors)
                 rows += row["rows"]

@@ -86,7 +86,7 @@ def _corrupt_line_run(tiny: Path, tmp_path: Path, rows: int) -> None:
 
 
 def test_a_corrupt_line_is_named_or_skipped(tiny: Path, tmp_path: Path) -> None:
-    _corrupt_line_run(tiny, tmp_path, 20_000)  # line 10,001 of 20,000
+    _corrupt_line_run(tiny, tmp_path, 10_000)  # line 5,001 of 10,000
 
 
 @pytest.mark.stress

@@ -59,22 +59,26 @@ def cluster(hook_dir: Path) -> Iterator[str]:
         ray.shutdown()
 
 
+@pytest.mark.timeout(300)  # a pool holding every CPU never schedules the read tasks: this would hang
 def test_default_pool_leaves_a_cpu_for_ray_readers(cluster: str, tiny: Path, tmp_path: Path) -> None:
     assert pool_layout(None, 1) == (1, 1.0)  # 2 CPUs: one actor, one CPU for read and write tasks
     assert pool_layout(2, 1) == (2, 1.0)  # as asked
     corpus = write_corpus_dir(tmp_path / "parts", 2000, 4)
-    started = time.perf_counter()
     report = ingest_dataset(
         ray.data.read_json(str(corpus)), db=tmp_path / "db", model_path=tiny, pooling="mean", batch_size=128
     )
-    assert report.table_rows == 2000 and time.perf_counter() - started < 60  # stalled for 81.9 s before
+    assert report.table_rows == 2000 == len(set(table_ids(tmp_path / "db", "documents")))
     import pyarrow.parquet as pq
 
     pq.write_table(
         pa.Table.from_pylist([{"id": f"p{i}", "text": f"row {i}"} for i in range(500)]), tmp_path / "c.parquet"
     )
     report = ingest_dataset(
-        ray.data.read_parquet(str(tmp_path / "c.parquet")), db=tmp_path / "db", table="pq", model_path=tiny
+        ray.data.read_parquet(str(tmp_path / "c.parquet")),
+        db=tmp_path / "db",
+        table="pq",
+        model_path=tiny,
+        pooling="mean",
     )
     assert report.table_rows == 500 == len(set(table_ids(tmp_path / "db", "pq")))
 
