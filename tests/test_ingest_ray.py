@@ -59,7 +59,7 @@ def cluster(hook_dir: Path) -> Iterator[str]:
         ray.shutdown()
 
 
-@pytest.mark.timeout(300)  # a pool holding every CPU never schedules the read tasks: this would hang
+# a pool holding every CPU never schedules the read tasks: this would hang until the suite's timeout
 def test_default_pool_leaves_a_cpu_for_ray_readers(cluster: str, tiny: Path, tmp_path: Path) -> None:
     assert pool_layout(None, 1) == (1, 1.0)  # 2 CPUs: one actor, one CPU for read and write tasks
     assert pool_layout(2, 1) == (2, 1.0)  # as asked
