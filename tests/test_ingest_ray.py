@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,8 +160,8 @@ def test_driver_sigkilled_mid_run_then_resumed_on_ray(cluster: str, tiny: Path, 
 
 def test_a_local_cluster_started_by_the_cli_is_gone_after_it(tiny: Path, tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", 0, 500)
-    env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"), RAY_AUTH_MODE="disabled")
-    (tmp_path / "ray").mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
     cmd = [sys.executable, "-m", "embellama.cli", "ingest", str(corpus), "--db", str(tmp_path / "db"),
            "-m", str(tiny), "--pooling", "mean", "-q", "--ray", "local"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -171,7 +172,7 @@ def test_a_local_cluster_started_by_the_cli_is_gone_after_it(tiny: Path, tmp_pat
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             line = " ".join(proc.info["cmdline"] or [])
-            if str(tmp_path / "ray") in line:
+            if ray_tmp in line:
                 found.append(line[:200])
         return found
 
