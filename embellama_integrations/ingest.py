@@ -372,8 +372,9 @@ def _arrow_schema(ds: ray.data.Dataset) -> pa.Schema:
 def _read_error(exc: Exception) -> Exception:
     """A Ray job error that is a corpus Ray's reader cannot parse, as an InvalidInputError; others unchanged."""
     text = str(exc)
-    if "JSON parse error" in text or "ArrowInvalid" in text:
-        line = next((ln for ln in text.splitlines() if "JSON parse error" in ln or "ArrowInvalid" in ln), text)
+    marks = ("JSON parse error", "ArrowInvalid", "JSONDecodeError")  # pyarrow's parser, or Ray's json fallback
+    if any(mark in text for mark in marks):
+        line = next((ln for ln in text.splitlines() if any(mark in ln for mark in marks)), text)
         return InvalidInputError(
             f"Ray's reader could not parse the corpus ({line.strip()[:300]}); nothing was published. Fix the file, "
             "or ingest without Ray to have bad lines named and skipped, then rerun with resume"

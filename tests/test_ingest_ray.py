@@ -87,7 +87,7 @@ def test_default_pool_leaves_a_cpu_for_ray_readers(cluster: str, tiny: Path, tmp
 def test_a_write_task_killed_after_its_commit_duplicates_nothing(
     cluster: str, tiny: Path, tmp_path: Path, hook_dir: Path
 ) -> None:
-    corpus = write_corpus_dir(tmp_path / "parts", 40_000, 4)
+    corpus = write_corpus_dir(tmp_path / "parts", 6000, 3)
     (hook_dir / "armed").touch()
     try:
         report = ingest(
