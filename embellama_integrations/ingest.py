@@ -313,7 +313,10 @@ def ingest_dataset(
     if on_error not in ("raise", "collect"):
         raise ConfigurationError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
     started = time.perf_counter()
-    schema = _arrow_schema(ds)
+    try:
+        schema = _arrow_schema(ds)  # reads the first block
+    except ray.exceptions.RayError as exc:
+        raise _read_error(exc) from exc
     check_corpus_columns(schema.names, text_column=text_column, id_column=id_column, where="the dataset")
     if id_column not in schema.names:
         raise ConfigurationError(
