@@ -27,7 +27,7 @@ from embellama.planning import OnError
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["EmbedBatch", "actor_cpus", "embed_dataset", "error_column_name", "resolve_model_path"]
+__all__ = ["EmbedBatch", "actor_cpus", "embed_dataset", "error_column_name", "pool_layout", "resolve_model_path"]
 
 
 def actor_cpus() -> int | None:
@@ -161,6 +161,25 @@ class EmbedBatch:
         return f"{where}, column {self.text_column!r}: {error.reason}"
 
 
+def pool_layout(num_actors: int | None, cpus_per_actor: int) -> tuple[int, float]:
+    """The actor pool :func:`embed_dataset` starts: ``(actors, CPUs each reserves)``. Ray must be initialised.
+
+    An actor pool holds its CPUs for the whole job, so a pool sized to every CPU of the cluster leaves none for
+    Ray Data's read tasks (``read_json``, ``read_parquet``), and the job never starts reading. By default one CPU
+    stays free: ``(cluster CPUs - 1) // cpus_per_actor`` actors (at least one). On a cluster too small for that
+    (``cpus_per_actor`` CPUs or fewer) the single actor reserves only what leaves one CPU free (none on a 1-CPU
+    cluster); its llama.cpp threads still follow ``cpus_per_actor``. A given ``num_actors`` is taken as asked, each
+    actor reserving ``cpus_per_actor``.
+    """
+    import ray
+
+    if num_actors is not None:
+        return num_actors, float(cpus_per_actor)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    actors = max(1, (cluster_cpus - 1) // cpus_per_actor)
+    return actors, float(min(cpus_per_actor, max(0, cluster_cpus - 1)))
+
+
 def embed_dataset(
     ds: ray.data.Dataset,
     *,
@@ -187,7 +206,8 @@ def embed_dataset(
         text_column: Column holding the texts. Defaults to ``"text"``.
         output_column: Column to add with the vectors. Defaults to ``"embedding"``.
         id_column: Column that identifies a row; errors name it. Defaults to none.
-        num_actors: Actors in the pool. Defaults to the cluster's CPUs divided by ``cpus_per_actor``.
+        num_actors: Actors in the pool. Defaults to the cluster's CPUs less one (kept for Ray Data's read and write
+            tasks) divided by ``cpus_per_actor``, at least 1 (see :func:`pool_layout`).
         cpus_per_actor: CPUs each actor reserves (its llama.cpp threads follow). Defaults to 1.
         batch_size: Rows per batch handed to an actor. Defaults to 256.
         on_error: ``"raise"`` or ``"collect"`` (see :class:`EmbedBatch`). Defaults to ``"raise"``.
@@ -206,9 +226,7 @@ def embed_dataset(
     # validate every option here (unknown names included; no file is read)
     EmbeddingClient(model_path, document_instruction=document_instruction, on_error=on_error, **model_options)
     path = resolve_model_path(model_path)
-    if num_actors is None:
-        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
-        num_actors = max(1, cluster_cpus // cpus_per_actor)
+    num_actors, reserved = pool_layout(num_actors, cpus_per_actor)
     num_gpus = 1 if model_options.get("n_gpu_layers") else 0
     return ds.map_batches(
         EmbedBatch,
@@ -225,6 +243,6 @@ def embed_dataset(
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor,
+        num_cpus=reserved,
         num_gpus=num_gpus,
     )

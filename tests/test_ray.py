@@ -234,7 +234,7 @@ def test_ingest_rejects_bad_corpora(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"no column 'text'; its columns are \['body'\]"):
         read_corpus(tmp_path / "c.jsonl")
     (tmp_path / "bad.jsonl").write_text("not json at all\n")
-    with pytest.raises(ConfigurationError, match="not JSON lines"):
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:1: not a JSON object"):
         read_corpus(tmp_path / "bad.jsonl")
     with pytest.raises(ConfigurationError, match="mode must be"):
         LanceWriter(tmp_path / "db", "t", mode="upsert")  # type: ignore[arg-type]
@@ -293,6 +293,8 @@ def test_workers_append_concurrently_to_one_table(model_path: Path, tmp_path: Pa
     for t in threads:
         t.join()
     assert sorted(s["written"] for s in summaries) == [16, 16, 16, 16] and all(not s["failed"] for s in summaries)
+    assert "t" not in lancedb.connect(str(tmp_path / "db")).list_tables().tables  # staged until published
+    assert writer.close() == 64
     table = lancedb.connect(str(tmp_path / "db")).open_table("t")
     assert table.count_rows() == 64 and sorted(table.to_arrow().column("id").to_pylist()) == sorted(
         corpus.column("id").to_pylist()

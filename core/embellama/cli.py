@@ -191,7 +191,9 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
         print(f"embellama ingest needs lancedb and pyarrow (pip install lancedb): {exc}", file=sys.stderr)
         return 2
     report, close = _progress_bar(unit="row", quiet=ns.quiet, force=ns.progress)
-    options = {"truncate": True} if ns.truncate else {}
+    options: dict[str, Any] = {"truncate": True} if ns.truncate else {}
+    if ns.pooling != "model":
+        options["pooling"] = ns.pooling
     try:
         result = ingest(
             ns.corpus,
@@ -204,17 +206,26 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
             num_actors=ns.num_actors,
             batch_size=ns.batch_size,
             mode=ns.mode,
+            resume=ns.resume,
             on_error="collect" if ns.skip_bad_rows else "raise",
             progress=report,
+            compact=not ns.no_compact,
+            write_rows=ns.write_rows,
             **options,
         )
     finally:
         close()
     for row_id, error in result.errors.items():
         print(f"skipped {row_id}: {error}", file=sys.stderr)
+    notes = []
+    if result.skipped:
+        notes.append(f"{result.skipped} already in the table, not embedded again")
+    if result.duplicates:
+        notes.append(f"{result.duplicates} with an id already written (one row per id kept)")
     print(
         f"ingested {result.written} of {result.rows} rows into {ns.db} table {ns.table!r} in {result.seconds:.1f} s "
-        f"({result.texts_per_second:.0f} rows/s)",
+        f"({result.texts_per_second:.0f} rows/s); the table holds {result.table_rows} rows"
+        + "".join(f"; {note}" for note in notes),
         file=sys.stderr,
     )
     return 0
@@ -320,16 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: 524288)")  # fmt: skip
     srv.set_defaults(func=_cmd_serve)
     ing = sub.add_parser("ingest", help="embed a JSONL/Parquet corpus into a LanceDB table (optionally on Ray)")
-    ing.add_argument("corpus", help="JSONL or Parquet file: one document per row")
+    ing.add_argument("corpus", help="JSONL or Parquet file, or a directory of them: one document per row")
     ing.add_argument("--db", required=True, help="LanceDB directory (created if missing)")
     ing.add_argument("--table", default="documents", help="table name (default: documents)")
     ing.add_argument("-m", "--model", help="GGUF path (default: the default model)")
     ing.add_argument("--text-column", default="text", help="column to embed (default: text)")
     ing.add_argument("--id-column", default="id", help="row id column (default: id; row numbers if missing)")
     ing.add_argument("--ray", metavar="ADDRESS", help="embed on Ray: 'local', 'auto' or a cluster address")
-    ing.add_argument("--num-actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    ing.add_argument("--num-actors", type=int, help="Ray actors (default: one per cluster CPU, less one for reads)")
     ing.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
-    ing.add_argument("--mode", default="create", choices=["create", "overwrite", "append"], help="table write mode")
+    ing.add_argument(
+        "--mode",
+        default="create",
+        choices=["create", "overwrite", "append"],
+        help="create/overwrite: the table appears complete at the end; append: add rows (never an id twice)",
+    )
+    ing.add_argument("--resume", action="store_true", help="continue an interrupted run: embed only ids not written")
+    ing.add_argument("--no-compact", action="store_true", help="do not compact the table's fragments at the end")
+    ing.add_argument("--write-rows", type=int, default=8192, help="rows per table commit (default: 8192)")
+    ing.add_argument("--pooling", default="model", choices=[p.value for p in Pooling])
     ing.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
     ing.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (listed) instead of failing")
     _progress_options(ing)
