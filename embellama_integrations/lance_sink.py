@@ -61,7 +61,8 @@ def write_table(
         concurrency: Ray write tasks at once. Defaults to Ray Data's choice.
 
     Raises:
-        ConfigurationError: ``mode`` is unknown, or lance-ray is not installed.
+        ConfigurationError: ``mode`` is unknown, the table exists (``create``) or does not (``append``), or
+            lance-ray is not installed (all checked before anything runs).
     """
     if mode not in ("create", "overwrite", "append"):
         raise ConfigurationError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
@@ -71,11 +72,23 @@ def write_table(
         raise ConfigurationError("Lance's Ray sink needs lance-ray: pip install 'embellama[ray]'") from exc
     import lancedb
 
+    listed = lancedb.connect(str(db)).list_tables()
+    exists = table in list(getattr(listed, "tables", listed))
+    if mode == "create" and exists:  # lance-ray's sink would write into it anyway
+        raise ConfigurationError(f"table {table!r} already exists in {db}; use mode 'overwrite' or 'append'")
+    if mode == "append" and not exists:
+        raise ConfigurationError(f"table {table!r} does not exist in {db}; use mode 'create'")
     rows = ds.map_batches(
         functools.partial(store_rows, id_column=id_column, text_column=text_column, vector_column=vector_column),
         batch_format="pyarrow",
         num_cpus=0,  # a column rearrangement beside the actors: no CPU reserved
         zero_copy_batch=True,
     )
-    lance_ray.write_lance(rows, table_uri(db, table), mode=mode, concurrency=concurrency)
+    lance_ray.write_lance(
+        rows,
+        table_uri(db, table),
+        mode=mode,
+        concurrency=concurrency,
+        ray_remote_args={"num_cpus": 0},  # I/O, as append_rows: the actors keep every CPU they reserved
+    )
     return int(lancedb.connect(str(db)).open_table(table).count_rows())
