@@ -51,7 +51,13 @@ os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
 from embellama_integrations.ray import embed_dataset
-ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+for attempt in range(3):  # a loaded machine can time out a node's start
+    try:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        break
+    except Exception:
+        if attempt == 2:
+            raise
 ray.data.DataContext.get_current().enable_progress_bars = False
 rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
 t0 = time.perf_counter()

@@ -58,7 +58,8 @@ def write_table(
         id_column: Column identifying each row. Defaults to ``"id"``.
         text_column: Column holding the texts. Defaults to ``"text"``.
         vector_column: Column holding the vectors. Defaults to ``"embedding"``.
-        concurrency: Ray write tasks at once. Defaults to Ray Data's choice.
+        concurrency: Ray write tasks at once. Defaults to the cluster's CPUs (the tasks reserve none, so Ray Data
+            would otherwise start one per block at once).
 
     Raises:
         ConfigurationError: ``mode`` is unknown, the table exists (``create``) or does not (``append``), or
@@ -84,6 +85,10 @@ def write_table(
         num_cpus=0,  # a column rearrangement beside the actors: no CPU reserved
         zero_copy_batch=True,
     )
+    if concurrency is None:
+        import ray
+
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
     lance_ray.write_lance(
         rows,
         table_uri(db, table),
