@@ -3,8 +3,10 @@
 Ray Data schedules; embellama only embeds. :class:`EmbedBatch` is the callable class
 ``Dataset.map_batches`` runs in each actor (batches are Arrow tables; the vectors come back as a fixed-size-list
 column, every other column kept with its row); :func:`embed_dataset` sets up the actor pool. Works on a local
-cluster (``ray.init()``) and on an existing one (``ray.init(address=...)``) alike — the GGUF file must then be at
-the same path on every node.
+cluster (``ray.init()``) and on an existing one (``ray.init(address=...)``) alike. Every node embeds with the
+driver's model file: :func:`embed_dataset` checks it in the driver and on every node before any actor starts, each
+actor checks it again (path, size, fingerprint) and fails naming its node, and ``ship_model=True`` copies it to
+nodes that lack it (see :mod:`embellama_integrations.model_files`).
 
 Each actor sizes llama.cpp's threads to the CPUs Ray gave it (one model instance per CPU, one thread each, as the
 local engine does per core), so several actors on a node never oversubscribe its cores.
@@ -18,16 +20,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from embellama.client import EmbeddingClient, model_path_from_env
-from embellama.default_model import default_model_path
+from embellama.client import EmbeddingClient
 from embellama.engine import EmbeddingEngine
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.planning import OnError
 
+from .model_files import ModelFile, check_nodes, driver_model_file, local_model_path, ship
+from .workers import resolve_model_path, thread_options
+
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["EmbedBatch", "actor_cpus", "embed_dataset", "error_column_name", "pool_layout", "resolve_model_path"]
+__all__ = [
+    "EmbedBatch",
+    "actor_cpus",
+    "embed_dataset",
+    "error_column_name",
+    "pool_layout",
+    "prepare_model",
+    "resolve_model_path",
+]
 
 
 def actor_cpus() -> int | None:
@@ -45,14 +57,7 @@ def actor_cpus() -> int | None:
     return None if cpus is None else max(1, int(cpus))
 
 
-def _thread_options(cpus: int | None, options: dict[str, Any]) -> dict[str, Any]:
-    """``n_workers``/``n_threads`` for an actor with ``cpus`` CPUs, unless the user chose them (or outside Ray:
-    the engine's own defaults)."""
-    if cpus is None or "n_workers" in options or "n_threads" in options:
-        return {}
-    if options.get("n_gpu_layers"):
-        return {"n_workers": 1, "n_threads": cpus}
-    return {"n_workers": cpus, "n_threads": 1}
+_thread_options = thread_options  # the name this module had for it
 
 
 def error_column_name(output_column: str) -> str:
@@ -60,13 +65,23 @@ def error_column_name(output_column: str) -> str:
     return f"{output_column}_error"
 
 
-def resolve_model_path(model_path: str | Path | None) -> Path:
-    """The GGUF to send to the actors: ``model_path``, else ``$EMBELLAMA_MODEL_PATH``, else the default model
-    (built here, once, rather than by each actor)."""
-    if model_path is not None:
-        return Path(model_path)
-    from_env = model_path_from_env()
-    return Path(from_env) if from_env else default_model_path()
+def prepare_model(path: str | Path, *, ship_model: bool = False) -> ModelFile:
+    """The driver's model file, checked here and (when Ray is running) on every node now; shipped into the object
+    store first with ``ship_model``.
+
+    Raises:
+        ModelNotFoundError: the file is missing here, or on a node (without ``ship_model``).
+        ModelLoadError: it is not a GGUF file.
+        ConfigurationError: a node holds a different file at the path.
+    """
+    import ray
+
+    model = driver_model_file(path)
+    if ray.is_initialized():  # else Ray Data starts a local cluster: this machine, this file
+        if ship_model:
+            model = ship(model)
+        check_nodes(model)
+    return model
 
 
 def _check_columns(**names: str | None) -> None:
@@ -83,6 +98,9 @@ class EmbedBatch:
 
     Args:
         model_path: GGUF file, at the same path on every node. Defaults to the default model.
+        model_file: The driver's model file (:func:`~embellama_integrations.model_files.driver_model_file`): the
+            actor loads the file on its node with the same size and fingerprint (or the shipped copy), and fails
+            naming its node if there is none. Replaces ``model_path``. Defaults to none (``model_path`` unchecked).
         text_column: Column holding the texts. Defaults to ``"text"``.
         output_column: Column to add with the vectors (fixed-size lists of float32). Defaults to ``"embedding"``.
         id_column: Column that identifies a row; errors name it. Defaults to none (errors name the text).
@@ -95,13 +113,16 @@ class EmbedBatch:
         **model_options: Any :class:`~embellama.config.ModelConfig` option, as for local use.
 
     Raises:
-        ConfigurationError: an option is invalid.
+        ConfigurationError: an option is invalid, or (with ``model_file``) this node's file differs from the
+            driver's.
+        ModelNotFoundError: (with ``model_file``) this node lacks the file and it is not shipped.
     """
 
     def __init__(
         self,
         model_path: str | Path | None = None,
         *,
+        model_file: ModelFile | None = None,
         text_column: str = "text",
         output_column: str = "embedding",
         id_column: str | None = None,
@@ -114,7 +135,9 @@ class EmbedBatch:
         self.text_column = text_column
         self.output_column = output_column
         self.id_column = id_column
-        options = {**_thread_options(cpus or actor_cpus(), model_options), **model_options}
+        options = {**thread_options(cpus or actor_cpus(), model_options), **model_options}
+        if model_file is not None:
+            model_path = local_model_path(model_file)  # before loading: a wrong file never embeds a row
         self.client = EmbeddingClient(
             model_path,
             engine=EmbeddingEngine(cache_size=0),  # a corpus is embedded once; a cache would only hold memory
@@ -123,6 +146,11 @@ class EmbedBatch:
             **options,
         )
         self._engine, self._name = self.client.ensure_loaded()
+        if model_file is not None and self.client.info.fingerprint != model_file.fingerprint:  # replaced meanwhile
+            raise ConfigurationError(
+                f"{model_path} changed while loading: fingerprint {self.client.info.fingerprint} vs the driver's "
+                f"{model_file.fingerprint}"
+            )
         self.dimensions = self.client.info.dimensions
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -192,6 +220,7 @@ def embed_dataset(
     batch_size: int = 256,
     on_error: OnError = "raise",
     document_instruction: str | None = None,
+    ship_model: bool = False,
     **model_options: Any,
 ) -> ray.data.Dataset:
     """Add a vector column to ``ds``, embedding ``text_column`` on a pool of Ray actors (lazy, like any Ray Data
@@ -202,7 +231,9 @@ def embed_dataset(
 
     Args:
         ds: The dataset.
-        model_path: GGUF file, at the same path on every node. Defaults to the default model (built here first).
+        model_path: GGUF file. Defaults to the default model (built here first). It is checked here (missing: a
+            ``ModelNotFoundError`` at once) and on every node before any actor starts: each node must hold the same
+            file (size and fingerprint) at this path, or get it shipped.
         text_column: Column holding the texts. Defaults to ``"text"``.
         output_column: Column to add with the vectors. Defaults to ``"embedding"``.
         id_column: Column that identifies a row; errors name it. Defaults to none.
@@ -212,10 +243,15 @@ def embed_dataset(
         batch_size: Rows per batch handed to an actor. Defaults to 256.
         on_error: ``"raise"`` or ``"collect"`` (see :class:`EmbedBatch`). Defaults to ``"raise"``.
         document_instruction: Prefix for every text. Defaults to the model family's document prompt, if any.
+        ship_model: Copy the model through Ray's object store to nodes that lack it (once per node, into
+            ``$EMBELLAMA_CACHE/shipped``). Defaults to False (such a node fails the job, named).
         **model_options: Any :class:`~embellama.config.ModelConfig` option, as for local use.
 
     Raises:
-        ConfigurationError: an option is invalid (checked here, before any actor starts).
+        ConfigurationError: an option is invalid, or a node holds a different file at ``model_path`` (checked
+            here, before any actor starts; the message names the node).
+        ModelNotFoundError: the model file does not exist here, or a node lacks it and ``ship_model`` is False.
+        ModelLoadError: the model file is not a GGUF file.
     """
     import ray
 
@@ -225,13 +261,15 @@ def embed_dataset(
             raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
     # validate every option here (unknown names included; no file is read)
     EmbeddingClient(model_path, document_instruction=document_instruction, on_error=on_error, **model_options)
-    path = resolve_model_path(model_path)
+    if not isinstance(ship_model, bool):
+        raise ConfigurationError(f"ship_model must be a bool, got {ship_model!r}")
+    model = prepare_model(resolve_model_path(model_path), ship_model=ship_model)
     num_actors, reserved = pool_layout(num_actors, cpus_per_actor)
     num_gpus = 1 if model_options.get("n_gpu_layers") else 0
     return ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
-            "model_path": str(path),
+            "model_file": model,
             "text_column": text_column,
             "output_column": output_column,
             "id_column": id_column,
