@@ -160,22 +160,21 @@ def plan_request(
     n = len(items)
     plan = Plan(n, np.empty((n, dims), dtype=np.float32), [""] * n, [None] * n, [], on_error == "collect", {}, single)
     plan.prompt = prompt
-    prefix = key_prefix(identity, prompt, pair_with)
+    copy = key_prefix(identity, prompt, pair_with).copy
     seen: dict[bytes, int] = {}  # key -> first index with it
     hit_tokens: dict[int, int] = {}  # token counts of the texts answered from the cache
     missing: list[int] = []
     for start in range(0, n, SLICE):
         for i in range(start, min(n, start + SLICE)):
             try:
-                text, data = encode_text(items[i], None if single else i)
+                text, data = encode_text(items[i], None if single else i)  # validated, and the bytes to hash
             except InvalidInputError as exc:
                 if not plan.collect:
                     raise
                 plan.errors[i] = exc
                 continue
-            hasher = prefix.copy()
+            hasher = copy()
             hasher.update(data)
-            del data
             key = hasher.digest()
             plan.texts[i] = text if pair_with is None else (pair_with, text)
             first = seen.get(key)
