@@ -128,6 +128,16 @@ def test_invalid_input_errors_cross_the_process_boundary(iso: EmbeddingEngine) -
     assert sorted(result.errors) == [1, 2] and result.errors[2].n_tokens == 302
 
 
+def test_the_prompt_crosses_the_process_boundary_once_per_job(iso: EmbeddingEngine, engine: EmbeddingEngine) -> None:
+    """The job carries the prompt; the child joins it per text, and refuses an over-limit one with a typed error."""
+    texts = TEXTS[:10]
+    joined = engine.embed_batch("minilm", ["query: " + t for t in texts], output="numpy")
+    np.testing.assert_allclose(iso.embed_batch(NAME, texts, output="numpy", prompt="query: "), joined, atol=BATCH_TOL)
+    with pytest.raises(InvalidInputError) as info:
+        iso.embed_batch(NAME, texts, prompt="word " * 300)
+    assert info.value.subject == "prompt" and info.value.n_tokens == 302
+
+
 def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, reference: np.ndarray) -> None:
     before = child_pid(iso)
     backend = iso._models[NAME].pool.workers[0].backend

@@ -20,7 +20,7 @@ from embellama import EmbeddingEngine, EmbeddingError, EngineClosedError, Invali
 from embellama.batching import plan_decodes
 from embellama.rounds import Prepared, run_round
 from embellama.scheduler import Backend, WorkerPool
-from embellama.types import Job, JobResult, ModelInfo
+from embellama.types import Job, JobResult, ModelInfo, Payload
 
 WIDTH = 4
 
@@ -32,6 +32,7 @@ class FakeModel:
         self.max_tokens, self.max_texts, self.fail_on = max_tokens, max_texts, fail_on
         self.decodes: list[int] = []
         self.prepared = 0
+        self.prompts_checked = 0
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -40,8 +41,14 @@ class FakeModel:
     def output_width(self) -> int:
         return WIDTH
 
-    def prepare_input(self, text: str) -> Prepared:
+    def check_prompt(self, prompt: str) -> None:
+        self.prompts_checked += 1
+        if len(prompt) >= self.max_tokens:
+            raise InvalidInputError("too long a prompt", n_tokens=len(prompt), limit=self.max_tokens, subject="prompt")
+
+    def prepare_input(self, text: str, prompt: str = "") -> Prepared:
         self.prepared += 1
+        text = prompt + text
         if text == "bad":
             raise InvalidInputError("bad text", n_tokens=3, limit=2)
         if len(text) > self.max_tokens:
@@ -123,7 +130,7 @@ def pool(model: FakeModel) -> Iterator[tuple[WorkerPool, list[FakeBackend]]]:
 # ---------------------------------------------------------------------------- run_round
 def test_round_keeps_order_across_jobs_and_decodes(model: FakeModel) -> None:
     texts = ["a", "hello world", "bb", "x" * 16, "abc", "zz"]
-    outcomes = run_round(model, [(texts[:3], False, [10, 11, 12], False), (texts[3:], False, [0, 1, 2], False)])
+    outcomes = run_round(model, [Payload(texts[:3], False, [10, 11, 12]), Payload(texts[3:], False, [0, 1, 2])])
     rows = [o.vectors for o in outcomes if isinstance(o, JobResult)]
     np.testing.assert_allclose(np.vstack(rows), np.stack([expected(t) for t in texts]), rtol=1e-6)
     assert len(model.decodes) == 2  # 6 texts, at most 4 per decode: shared between the two jobs
@@ -133,9 +140,9 @@ def test_round_errors_name_the_callers_index_and_spare_other_jobs(model: FakeMod
     raised, collected, fine = run_round(
         model,
         [
-            (["ok", "bad", "ok2"], False, [40, 41, 42], False),
-            (["bad", "x"], True, [7, 8], False),
-            (["y"], False, [9], False),
+            Payload(["ok", "bad", "ok2"], False, [40, 41, 42]),
+            Payload(["bad", "x"], True, [7, 8]),
+            Payload(["y"], False, [9]),
         ],
     )
     assert isinstance(raised, InvalidInputError) and raised.index == 41 and raised.n_tokens == 3
@@ -145,9 +152,34 @@ def test_round_errors_name_the_callers_index_and_spare_other_jobs(model: FakeMod
     assert isinstance(fine, JobResult) and np.allclose(fine.vectors[0], expected("y"))
 
 
+def test_a_prompt_is_checked_once_per_round_and_joined_as_each_text_is_prepared(model: FakeModel) -> None:
+    """Jobs carry the prompt once; the model joins it per text. A refused prompt fails its jobs whole, collecting
+    or not, and spares jobs without it."""
+    a, b, plain = run_round(
+        model,
+        [
+            Payload(["x", "yy"], False, [0, 1], prompt="p:"),
+            Payload(["z"], True, [2], prompt="p:"),
+            Payload(["q"], False, [3]),
+        ],
+    )
+    assert model.prompts_checked == 1
+    assert isinstance(a, JobResult) and np.allclose(a.vectors, np.stack([expected("p:x"), expected("p:yy")]))
+    assert isinstance(b, JobResult) and np.allclose(b.vectors[0], expected("p:z")) and a.token_counts == [3, 4]
+    assert isinstance(plain, JobResult) and np.allclose(plain.vectors[0], expected("q"))
+    long = "p" * 16
+    refused, collecting, fine = run_round(
+        model,
+        [Payload(["x"], False, [0], prompt=long), Payload(["y"], True, [1], prompt=long), Payload(["z"], False, [2])],
+    )
+    assert isinstance(refused, InvalidInputError) and refused.subject == "prompt" and refused.index is None
+    assert collecting is refused and str(refused).startswith("prompt: too long a prompt")
+    assert isinstance(fine, JobResult) and model.prompts_checked == 2
+
+
 def test_a_failing_decode_fails_only_its_jobs() -> None:
     model = FakeModel(max_texts=1, fail_on="boom")  # one text per decode
-    a, b = run_round(model, [(["boom"], False, [0], False), (["fine"], False, [0], False)])
+    a, b = run_round(model, [Payload(["boom"], False, [0]), Payload(["fine"], False, [0])])
     assert isinstance(a, EmbeddingError)
     assert isinstance(b, JobResult) and np.allclose(b.vectors[0], expected("fine"))
 
@@ -155,14 +187,14 @@ def test_a_failing_decode_fails_only_its_jobs() -> None:
 def test_stopping_between_decodes_fails_unfinished_jobs() -> None:
     model = FakeModel(max_texts=1)
     calls = iter([False, True, True])
-    outcomes = run_round(model, [(["a", "b", "c"], False, [0, 1, 2], False)], should_stop=lambda: next(calls))
+    outcomes = run_round(model, [Payload(["a", "b", "c"], False, [0, 1, 2])], should_stop=lambda: next(calls))
     assert isinstance(outcomes[0], EngineClosedError) and model.decodes == [1]
 
 
 def test_on_decode_reports_each_decode() -> None:
     model = FakeModel(max_texts=1)
     beats: list[int] = []
-    run_round(model, [(["a", "b", "c"], False, [0, 1, 2], False)], on_decode=lambda: beats.append(1))
+    run_round(model, [Payload(["a", "b", "c"], False, [0, 1, 2])], on_decode=lambda: beats.append(1))
     assert len(beats) == 3
 
 

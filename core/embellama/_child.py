@@ -51,6 +51,7 @@ def main(fd: int) -> int:
                 break
             outcomes = run_round(model, message[1], on_decode=lambda: send(conn, ("beat",)))
             send(conn, ("ok", outcomes))
+            del message, outcomes  # the round's texts and vectors are not kept while waiting for the next one
     finally:
         model.unload()
         conn.close()

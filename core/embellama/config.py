@@ -17,6 +17,7 @@ from .cpu import usable_cores
 from .errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
     "MODEL_OPTIONS",
     "EngineConfig",
     "Isolation",
@@ -346,18 +347,32 @@ def option_docs() -> dict[str, str]:
     return docs
 
 
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+"""The embedding cache's default bound: 32 MiB (~17,000 384-dimension vectors, ~2,000 of 4,096 dimensions)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """Engine-wide settings."""
 
-    cache_size: int = 10_000
-    """How many embeddings the LRU cache keeps (0 disables it). Defaults to 10,000."""
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    """Most bytes the embedding cache holds: each vector's bytes plus a fixed overhead per entry (400 bytes; the
+    texts are never kept, only a digest of them), least recently used first out. 0 disables the cache.
+    Defaults to 32 MiB (~17,000 384-dimension vectors)."""
+
+    cache_size: int | None = None
+    """Most entries the cache holds, on top of ``cache_bytes`` (0 disables the cache). Defaults to None (bounded
+    by bytes only)."""
 
     chunk_size: int = 64
     """Most texts per job: a batch is split into jobs so short queries are not stuck behind it, and into smaller
     ones (never below one decode's worth) so that every worker of the model gets a share. Defaults to 64."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:
-            raise ConfigurationError(f"cache_size must be an integer >= 0, got {self.cache_size!r}")
+        for name in ("cache_bytes", "cache_size"):
+            value = getattr(self, name)
+            if value is None and name == "cache_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
         _check_positive("chunk_size", self.chunk_size, allow_none=False)

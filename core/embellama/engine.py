@@ -29,9 +29,9 @@ from .backends import backend_factory
 from .cache import CacheStats, EmbeddingCache
 from .config import EngineConfig, ModelConfig
 from .errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
-from .planning import OnError, Output, Plan, Steps, assemble, drive, plan_request, split
+from .planning import OnError, Output, Plan, Steps, assemble, checked_tokens, drive, plan_request, split
 from .scheduler import WorkerPool
-from .texts import validate_text
+from .texts import validate_prompt, validate_text
 from .truncation import call_offset, one_report_per_call, report_truncation
 from .types import BatchResult, Item, Job, JobResult, ModelHealth, ModelInfo, RankedDocument, Reranking
 from .waiting import Progress, ProgressCallback, adrive, await_jobs, in_thread, wait_jobs
@@ -71,19 +71,21 @@ class _Model:
 
 
 def _prompt(info: ModelInfo, prompt: str | None, prompt_name: str | None) -> str:
-    """The text put in front of every input: ``prompt``, else the model's prompt named ``prompt_name``."""
+    """The text put in front of every input: ``prompt``, else the model's prompt named ``prompt_name``; checked
+    like an input and bounded in size (see :func:`~embellama.texts.validate_prompt`)."""
     if prompt is not None:
         if not isinstance(prompt, str):
             raise ConfigurationError(f"prompt must be a string, got {prompt!r}")
-        return prompt
-    if prompt_name is None:
+    elif prompt_name is None:
         return ""
-    if prompt_name not in info.prompts:
+    elif prompt_name not in info.prompts:
         raise ConfigurationError(
             f"model {info.name!r} has no prompt named {prompt_name!r}; its prompts: {sorted(info.prompts)} "
             "(set ModelConfig(prompts=...) or pass prompt=...)"
         )
-    return info.prompts[prompt_name]
+    else:
+        prompt = info.prompts[prompt_name]
+    return validate_prompt(prompt, limit=info.max_tokens, model_name=info.name) if prompt else ""
 
 
 def _utf8_length(item: Item) -> int:
@@ -128,7 +130,7 @@ class EmbeddingEngine:
         self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         self._closed = False
-        self._cache = EmbeddingCache(self.config.cache_size)
+        self._cache = EmbeddingCache(self.config.cache_size, self.config.cache_bytes)
         self._forked: dict[str, ModelConfig] = {}
         self._stuck: list[threading.Thread] = []
         lifecycle.track(self, functools.partial(_stop_pools, self._models))
@@ -537,7 +539,7 @@ class EmbeddingEngine:
         """
         model = self._serving(name)
         plan = drive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
-        return sum(r.tokens for r in wait_jobs(self._submit(model, plan, check_only=True), None))
+        return checked_tokens(plan, plan.chunks, wait_jobs(self._submit(model, plan, check_only=True), None))
 
     async def acount_tokens(
         self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
@@ -545,7 +547,8 @@ class EmbeddingEngine:
         """Async :meth:`count_tokens`."""
         model = self._serving(name)
         plan = await adrive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
-        return sum(r.tokens for r in await await_jobs(self._submit(model, plan, check_only=True), None))
+        results = await await_jobs(self._submit(model, plan, check_only=True), None)
+        return checked_tokens(plan, plan.chunks, results)
 
     def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
         """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future.
@@ -729,7 +732,7 @@ class EmbeddingEngine:
                 f"model {info.name!r} is an embedding model; rerank() needs a reranker (a GGUF with a "
                 "classification head, or pooling='rank')"
             )
-        query = validate_text(query)
+        query = validate_prompt(query, limit=info.max_tokens, model_name=info.name, subject="query")
         return plan_request(
             documents,
             identity=(info.fingerprint, model.config.output_options()),
@@ -747,7 +750,8 @@ class EmbeddingEngine:
     ) -> list[Future[JobResult]]:
         futures = []
         for chunk in plan.chunks if chunks is None else chunks:
-            job = Job([plan.texts[i] for i in chunk], plan.collect, plan.job_indices(chunk), check_only=check_only)
+            texts = [plan.texts[i] for i in chunk]
+            job = Job(texts, plan.collect, plan.job_indices(chunk), check_only=check_only, prompt=plan.prompt)
             futures.append(job.future)
             model.pool.put(job)
         return futures
@@ -764,7 +768,7 @@ class EmbeddingEngine:
         info = model.pool.info
         if model.config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
             return []
-        fits = info.max_tokens - _MAX_SPECIAL_TOKENS
+        fits = info.max_tokens - _MAX_SPECIAL_TOKENS - len(plan.prompt.encode("utf-8"))
         suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]
         return split(suspects, model.config.n_workers, self.config.chunk_size, model.config.max_texts_per_decode)
 

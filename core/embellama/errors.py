@@ -60,6 +60,8 @@ class InvalidInputError(EmbellamaError, ValueError):
         n_tokens: Token count of the text, when the problem is its length.
         limit: The model's token limit, when the problem is its length.
         preview: The first characters of the text (to find it in a corpus), when it is a str.
+        subject: What is unusable: ``"text"`` (an input), ``"prompt"`` or ``"query"`` (put before or beside
+            every input of a request; such an error names no index).
     """
 
     PREVIEW_CHARS = 40
@@ -73,6 +75,7 @@ class InvalidInputError(EmbellamaError, ValueError):
         limit: int | None = None,
         model_name: str | None = None,
         preview: str | None = None,
+        subject: str = "text",
     ) -> None:
         self.reason = reason
         self.index = index
@@ -80,7 +83,8 @@ class InvalidInputError(EmbellamaError, ValueError):
         self.limit = limit
         self.model_name = model_name
         self.preview = preview
-        where = f"text at index {index}" if index is not None else "text"
+        self.subject = subject
+        where = f"{subject} at index {index}" if index is not None else subject
         if preview is not None:
             where += f" {preview!r}"
         model = f" (model {model_name!r})" if model_name else ""
@@ -99,6 +103,7 @@ class InvalidInputError(EmbellamaError, ValueError):
             limit=self.limit,
             model_name=self.model_name,
             preview=preview,
+            subject=self.subject,
         )
 
     def with_model_name(self, model_name: str | None) -> InvalidInputError:
@@ -116,7 +121,7 @@ class InvalidInputError(EmbellamaError, ValueError):
         # keeps keyword attributes across pickling (process isolation sends errors between processes)
         return (
             _rebuild_invalid_input,
-            (self.reason, self.index, self.n_tokens, self.limit, self.model_name, self.preview),
+            (self.reason, self.index, self.n_tokens, self.limit, self.model_name, self.preview, self.subject),
         )
 
 
@@ -127,7 +132,8 @@ def _rebuild_invalid_input(
     limit: int | None,
     model_name: str | None,
     preview: str | None = None,
+    subject: str = "text",
 ) -> InvalidInputError:
     return InvalidInputError(
-        reason, index=index, n_tokens=n_tokens, limit=limit, model_name=model_name, preview=preview
+        reason, index=index, n_tokens=n_tokens, limit=limit, model_name=model_name, preview=preview, subject=subject
     )

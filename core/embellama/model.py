@@ -33,7 +33,7 @@ from .pooling import pool_tokens, postprocess
 from .rounds import Prepared, run_round
 from .sizing import ENCODER_DEFAULT_LIMIT, DecodeShape, check_memory, decode_shape, estimate_memory
 from .texts import validate_text
-from .types import Item, ModelInfo
+from .types import Item, ModelInfo, Payload
 from .wordpiece import WordPieceTokenizer
 
 __all__ = ["EmbeddingModel", "validate_text"]
@@ -409,10 +409,30 @@ class EmbeddingModel:
         except InvalidInputError as exc:
             raise exc.at_index(index) if index is not None else exc from None
 
-    def prepare_input(self, text: str | tuple[str, str]) -> Prepared:
+    def check_prompt(self, prompt: str) -> None:
+        """Refuse a prompt that alone reaches the input limit (it would leave no room for any text: in strict mode
+        every text would fail, cut every text would embed as the prompt alone).
+
+        Raises:
+            InvalidInputError: ``subject="prompt"``, with its token count and the limit.
+        """
+        n_tokens = len(self.tokenize(prompt))
+        if n_tokens >= self._limit:
+            raise InvalidInputError(
+                f"{n_tokens} tokens (special tokens included) reach the model's limit of {self._limit} tokens and "
+                "leave no room for the text; use a shorter prompt",
+                n_tokens=n_tokens,
+                limit=self._limit,
+                model_name=self.config.name,
+                subject="prompt",
+            )
+
+    def prepare_input(self, text: str | tuple[str, str], prompt: str = "") -> Prepared:
         """The model contract's first step: tokens for one text after the long-text policy, and the count before.
 
-        A reranker takes ``(query, document)`` pairs (see :meth:`prepare_pair`).
+        ``prompt`` goes in front of the text: the two are joined here, one text at a time, and tokenized together
+        (exactly the tokens of ``prompt + text``), so no request holds a joined copy of every text. A reranker
+        takes ``(query, document)`` pairs (see :meth:`prepare_pair`) and no prompt.
 
         Raises:
             InvalidInputError: empty after tokenization, or over the limit with ``long_text_mode="raise"`` (no
@@ -420,7 +440,7 @@ class EmbeddingModel:
         """
         if isinstance(text, tuple):
             return self.prepare_pair(*text)
-        tokens = self.tokenize(text)
+        tokens = self.tokenize(prompt + text if prompt else text)
         n_tokens = len(tokens)
         if not tokens:
             raise InvalidInputError("text produces no tokens", model_name=self.config.name)
@@ -581,7 +601,7 @@ class EmbeddingModel:
         Runs the same round as the engine (long-text policy, chunk averaging, EOS rule included), in this thread.
         """
         plain: list[Item] = [validate_text(text, i) for i, text in enumerate(texts)]
-        (outcome,) = run_round(self, [(plain, False, list(range(len(plain))), False)])
+        (outcome,) = run_round(self, [Payload(plain, False, list(range(len(plain))))])
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome.vectors

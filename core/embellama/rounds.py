@@ -4,7 +4,8 @@ A *round* is what one worker serves at once: the jobs it took from its queue. :f
 all of them into shared decodes through the :class:`EncoderModel` contract (after infinity's
 ``encode_pre`` / ``encode_core`` / ``encode_post``):
 
-- ``prepare_input(text)`` tokenizes one text and applies the length policy (raises
+- ``check_prompt(prompt)`` refuses a job's prompt that leaves no room for text (once per prompt and round),
+- ``prepare_input(text, prompt)`` tokenizes one text (after the prompt) and applies the length policy (raises
   :class:`~embellama.errors.InvalidInputError`), returning the tokens and the count before any cut,
 - ``plan(lengths)`` groups prepared texts into decodes,
 - ``forward(sequences)`` runs one decode and returns one raw row per sequence,
@@ -47,9 +48,13 @@ class EncoderModel(Protocol):
     def output_width(self) -> int:
         """Columns of a row returned by :meth:`postprocess`."""
 
-    def prepare_input(self, text: str | tuple[str, str]) -> Prepared:
-        """Tokenize one text and apply the length policy; raise ``InvalidInputError`` (without an index) if it is
-        unusable."""
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ``InvalidInputError`` (its ``subject`` ``"prompt"``) if ``prompt`` alone reaches the input limit.
+        Called only for a non-empty prompt."""
+
+    def prepare_input(self, text: str | tuple[str, str], prompt: str = "") -> Prepared:
+        """Tokenize one text (``prompt`` + ``text``) and apply the length policy; raise ``InvalidInputError``
+        (without an index) if it is unusable. Called without ``prompt`` when a job has none."""
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
         """Group prepared texts (by their token counts) into decodes; every index exactly once."""
@@ -72,12 +77,13 @@ def run_round(
 
     A job with an invalid text fails with that text's ``InvalidInputError`` (naming the caller's index and the
     text's first characters) unless it collects errors: then its valid texts are embedded and the errors returned
-    beside them. A check-only job is prepared but never decoded. A decode that fails fails only the jobs that had
-    texts in it; the others go on.
+    beside them. A job whose prompt is refused fails whole, collecting or not (the prompt is every text's); a
+    prompt is checked once per round, however many jobs carry it. A check-only job is prepared but never decoded.
+    A decode that fails fails only the jobs that had texts in it; the others go on.
 
     Args:
         model: The model (see :class:`EncoderModel`).
-        payloads: ``(texts, collect_errors, indices, check_only)`` per job.
+        payloads: One :class:`~embellama.types.Payload` per job.
         should_stop: Checked before each decode; True fails the jobs not yet finished with
             ``EngineClosedError`` (so closing waits for one decode, not a whole round).
         on_decode: Called after each decode (a process backend reports progress with it).
@@ -85,13 +91,25 @@ def run_round(
     outcomes: list[Outcome] = []
     sequences: list[npt.NDArray[np.int32]] = []
     owners: list[tuple[int, int]] = []  # per prepared sequence: (job, position in job)
-    for job_index, (texts, collect, indices, check_only) in enumerate(payloads):
+    prompts: dict[str, InvalidInputError | None] = {}  # prompt -> why it was refused (None: fine), for this round
+    for job_index, (texts, collect, indices, check_only, prompt) in enumerate(payloads):
+        if prompt:
+            if prompt not in prompts:
+                try:
+                    model.check_prompt(prompt)
+                    prompts[prompt] = None
+                except InvalidInputError as exc:
+                    prompts[prompt] = exc
+            refused = prompts[prompt]
+            if refused is not None:
+                outcomes.append(refused)
+                continue
         errors: dict[int, InvalidInputError] = {}
         prepared: list[tuple[int, Prepared]] = []
         truncated: dict[int, int] = {}
         for position, text in enumerate(texts):
             try:
-                ready = model.prepare_input(text)
+                ready = model.prepare_input(text, prompt) if prompt else model.prepare_input(text)
             except InvalidInputError as exc:
                 errors[position] = exc.at_index(indices[position], text if isinstance(text, str) else text[1])
                 if not collect:

@@ -1,14 +1,15 @@
 """Request and result types shared by the engine, the scheduler and the backends (no logic beyond their own).
 
 A request is cut into :class:`Job` s; each job carries plain ``str`` texts with the caller's absolute index of
-every text, so an error raised anywhere below the engine already names the position the caller knows.
+every text, so an error raised anywhere below the engine already names the position the caller knows, and the
+request's prompt once (the model joins it to each text as it tokenizes it: no job holds prompt + text strings).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -83,9 +84,19 @@ class JobResult:
 Item = str | tuple[str, str]
 """One input: a text to embed, or a ``(query, document)`` pair for a reranker."""
 
-Payload = tuple[list[Item], bool, "list[int | None]", bool]
-"""What a backend needs of a job (picklable): texts, whether to collect errors, the caller's index of each text,
-and whether only to check the texts (tokenize and apply the length policy, no decode)."""
+
+class Payload(NamedTuple):
+    """What a backend needs of a job (plain, picklable values)."""
+
+    texts: list[Item]
+    collect_errors: bool
+    """Whether to return per-text errors beside the vectors instead of failing the job."""
+    indices: list[int | None]
+    """The caller's index of each text (None: a lone text, errors name no index)."""
+    check_only: bool = False
+    """Only check the texts (tokenize and apply the length policy, no decode)."""
+    prompt: str = ""
+    """Put in front of every text, as the model tokenizes it (checked once per round)."""
 
 
 @dataclass
@@ -101,6 +112,8 @@ class Job:
     """Only check the texts (strict mode checks a whole request before embedding any of it)."""
     attempts: int = 0
     """How many times a process backend retried this job after its child died."""
+    prompt: str = ""
+    """Put in front of every text when the model tokenizes it."""
 
     def __post_init__(self) -> None:
         if self.indices is None:
@@ -116,7 +129,7 @@ class Job:
     def payload(self) -> Payload:
         """What a round needs of this job (plain, picklable values)."""
         assert self.indices is not None
-        return self.texts, self.collect_errors, self.indices, self.check_only
+        return Payload(self.texts, self.collect_errors, self.indices, self.check_only, self.prompt)
 
 
 @dataclass

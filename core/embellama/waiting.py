@@ -31,7 +31,7 @@ class Progress:
     def __init__(self, plan: Plan, futures: list[Future[JobResult]], callback: ProgressCallback | None) -> None:
         self.total = plan.n
         self.done = plan.done_at_start
-        self.sizes = {f: len(c) for f, c in zip(futures, plan.chunks, strict=True)}
+        self.sizes = dict(zip(futures, plan.chunk_sizes(), strict=True))
         self.callback = callback
         if callback is not None and not futures:
             callback(self.total, self.total)

@@ -22,9 +22,9 @@ if MARKER:
 
     _prepare = EmbeddingModel.prepare_input
 
-    def _prepare_or_abort(self: EmbeddingModel, text: str) -> Any:
+    def _prepare_or_abort(self: EmbeddingModel, text: str, prompt: str = "") -> Any:
         if text != MARKER:
-            return _prepare(self, text)
+            return _prepare(self, text, prompt)
         n = self._budget + 1
         token = self.tokenize("a")[0]
         batch = _native.DecodeBatch(n, 1)
