@@ -24,18 +24,19 @@ import pytest
 
 import embellama
 
-from .test_readme import README, _runnable
+from .test_docs_examples import README, _runnable
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("Quickstart", "LangChain", "LlamaIndex")  # README sections whose first python block runs from the venv
+EXAMPLES = ("Quickstart", "LangChain", "LlamaIndex")  # the README's three quickstart blocks, in this order
 
 
 def _example(section: str) -> str:
     text = README.read_text(encoding="utf-8")
-    start = text.index(f"\n## {section}\n")
-    match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
-    assert match is not None and "\n## " not in text[start + 1 : match.start()], section
-    return _runnable(match.group(1))
+    start = text.index("\n## Quickstart\n")
+    end = text.index("\n## ", start + 1)
+    blocks = re.compile(r"```python\n(.*?)```", re.S).findall(text, start, end)
+    assert len(blocks) == len(EXAMPLES), blocks
+    return _runnable(blocks[EXAMPLES.index(section)])
 
 
 def _llama_wheel() -> Path:
