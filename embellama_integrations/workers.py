@@ -22,6 +22,7 @@ from embellama.engine import EmbeddingEngine
 from embellama.errors import ConfigurationError, ModelLoadError
 from embellama.gguf import check_model_file, read_header
 from embellama.identity import file_fingerprint
+from embellama.migration import unknown_options_error
 from embellama.planning import OnError
 
 __all__ = ["embedding_dimensions", "process_client", "process_engine", "resolve_model_path", "thread_options"]
@@ -115,7 +116,7 @@ def process_client(
     """
     unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {unknown}; model options are {sorted(MODEL_OPTIONS)}")
+        raise unknown_options_error({k: model_options[k] for k in unknown}, MODEL_OPTIONS, where="process_client")
     path = resolve_model_path(model_path)
     check_model_file(path)
     options = {**thread_options(cpus, model_options), **model_options}

@@ -70,7 +70,7 @@ def test_one_model_per_process_sized_to_the_instance(model_path: Path) -> None:
 def test_a_missing_model_fails_when_the_query_is_planned(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         embedder(tmp_path / "absent.gguf")
-    with pytest.raises(ConfigurationError, match="unknown option"):
+    with pytest.raises(ConfigurationError, match="not an embellama option"):
         embedder(tmp_path / "absent.gguf", colour="blue")
 
 

@@ -128,7 +128,7 @@ def test_bad_row_raises_naming_it(local_ray: str, model_path: Path) -> None:
 
 def test_options_are_checked_before_any_actor_starts(local_ray: str, model_path: Path) -> None:
     ds = ray.data.from_items(_corpus(4))
-    with pytest.raises(ConfigurationError, match="unknown option"):
+    with pytest.raises(ConfigurationError, match="did you mean n_workers"):
         embed_dataset(ds, model_path=model_path, n_wrokers=2)
     with pytest.raises(ConfigurationError, match="num_actors"):
         embed_dataset(ds, model_path=model_path, num_actors=0)
