@@ -80,7 +80,7 @@ class ServerLimits:
     """Texts accepted but not yet answered, over all requests; beyond it a request answers 503 + Retry-After."""
     max_connections: int = field(default_factory=default_max_connections)
     """Open connections; past it the longest-idle one is closed, or a request answers 503 when all are busy.
-    Defaults to the open-file limit less one accept burst and a reserve (768 of 1,024; see
+    Defaults to the open-file limit less two accept bursts and a reserve (640 of 1,024; see
     :func:`~embellama_integrations.server_guard.default_max_connections`)."""
     header_timeout: float = 10.0
     """Seconds a client has to send a request's line and headers; then 408 and close (slowloris)."""

@@ -69,12 +69,15 @@ def default_backlog() -> int:
 
 
 def default_max_connections() -> int:
-    """Open connections the cap allows: the open-file limit less one accept burst (:func:`default_backlog`) and a
-    reserve (an eighth, at least 64) for models, child processes and logs; so a 256-descriptor process takes 160 and
-    a 1,024-descriptor one 768, and the server never runs out of descriptors (asyncio would stop accepting for a
-    second each time)."""
+    """Open connections the cap allows: the open-file limit less two accept bursts (:func:`default_backlog`) and a
+    reserve (an eighth, at least 64) for models, child processes and logs; so a 256-descriptor process takes 128 and
+    a 1,024-descriptor one 640, and the server never runs out of descriptors (asyncio would stop accepting for a
+    second each time).
+
+    Two bursts, not one: a connection evicted to make room for a newcomer gives its descriptor back only on the
+    event loop's next turn, by which time the listener may have accepted a second burst."""
     soft = _open_file_limit()
-    return max(16, soft - max(64, soft // 8) - default_backlog())
+    return max(16, soft - max(64, soft // 8) - 2 * default_backlog())
 
 
 @dataclass
