@@ -4,7 +4,7 @@
 
 Each round runs every peer in a fresh process, in alternating order: the local engine (defaults), Ray Data
 (``embed_dataset``, a local cluster with the machine's CPUs, as many one-CPU actors as CPUs) and Daft's native
-runner (``embellama_integrations.daft.embedder``, as many one-CPU UDF processes as CPUs; and one UDF process with
+runner (``embellama.ingest.daft.embedder``, as many one-CPU UDF processes as CPUs; and one UDF process with
 every CPU). Timed: from building the dataset/dataframe to every vector back in the driver, worker start and model
 load included (``ray.init`` is not timed). Short texts (~20 tokens), the default model. Every peer's vectors are
 compared with the local engine's (min cosine over all texts).
@@ -50,7 +50,7 @@ _RAY = (
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
-from embellama_integrations.ray import embed_dataset
+from embellama.ingest.ray import embed_dataset
 for attempt in range(3):  # a loaded machine can time out a node's start
     try:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -73,7 +73,7 @@ _DAFT = (
     _SETUP
     + r"""
 import daft
-from embellama_integrations.daft import embedder
+from embellama.ingest.daft import embedder
 processes = int(sys.argv[2]) if sys.argv[2] != "all" else cpus
 t0 = time.perf_counter()
 embed = embedder(path, concurrency=processes)

@@ -39,15 +39,15 @@ print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_
 
 _E2E = r"""
 import json, sys, time
-import embellama_integrations.lancedb as lancedb_mod
+import embellama.ingest.lancedb as lancedb_mod
 corpus, db, how = sys.argv[1], sys.argv[2], sys.argv[3]
 if how == "blind":
     def blind(table, rows):
         table.add(rows)
         return rows.num_rows
     lancedb_mod.insert_new_rows = blind
-from embellama_integrations.ingest import ingest
-from tests.ingest_corpora import tiny_bert
+from embellama.ingest.pipeline import ingest
+from tests.fixtures.ingest_corpora import tiny_bert
 t0 = time.perf_counter()
 report = ingest(corpus, db, model_path=tiny_bert(), pooling="mean", compact=False)
 print(json.dumps({"rows_s": report.table_rows / (time.perf_counter() - t0), "rows": report.table_rows}))
@@ -56,8 +56,8 @@ print(json.dumps({"rows_s": report.table_rows / (time.perf_counter() - t0), "row
 _WRITES = r"""
 import json, sys, tempfile, time
 import numpy as np, pyarrow as pa
-from embellama_integrations.lancedb import LanceWriter, store_rows
-import embellama_integrations.lancedb as lancedb_mod
+from embellama.ingest.lancedb import LanceWriter, store_rows
+import embellama.ingest.lancedb as lancedb_mod
 n, how = int(sys.argv[1]), sys.argv[2]
 if how == "blind":
     def blind(table, rows):
@@ -80,7 +80,7 @@ print(json.dumps({"rows_s": n / (time.perf_counter() - t0)}))
 
 def _corpus(folder: Path, rows: int, files: int = 1) -> Path:
     sys.path.insert(0, str(REPO))
-    from tests.ingest_corpora import tiny_bert, write_corpus_dir, write_jsonl
+    from tests.fixtures.ingest_corpora import tiny_bert, write_corpus_dir, write_jsonl
 
     tiny_bert()  # built once, outside any timing
     if files == 1:
@@ -96,7 +96,7 @@ def _env() -> dict[str, str]:
 
 def _ingest_cmd(corpus: Path, db: Path, *extra: str) -> list[str]:
     sys.path.insert(0, str(REPO))
-    from tests.ingest_corpora import tiny_bert
+    from tests.fixtures.ingest_corpora import tiny_bert
 
     return [sys.executable, "-m", "embellama.cli", "ingest", str(corpus), "--db", str(db), "-m", str(tiny_bert()),
             "--pooling", "mean", "-q", *extra]  # fmt: skip

@@ -7,8 +7,8 @@ model: this measures only the writing), held in Ray's object store in 256-row bl
 local Ray cluster with the machine's CPUs. Timed from the write call to every row committed and counted by LanceDB:
 
 - ``append_rows`` from the workers (what ``embellama ingest --ray`` runs): an empty table created by the driver,
-  then zero-CPU tasks each appending 8,192-row commits (``embellama_integrations.lancedb.append_rows``);
-- ``lance_ray.write_lance`` (``embellama_integrations.lance_sink.write_table``): tasks write fragments, the driver
+  then zero-CPU tasks each appending 8,192-row commits (``embellama.ingest.lancedb.append_rows``);
+- ``lance_ray.write_lance`` (``embellama.ingest.lance_sink.write_table``): tasks write fragments, the driver
   commits once at the end.
 
 Both tables are checked to hold every id once, and the version count each leaves is reported.
@@ -27,8 +27,8 @@ import functools, json, os, sys, tempfile, time
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import numpy as np, pyarrow as pa, ray, lancedb
-from embellama_integrations.lancedb import LanceWriter, append_rows, store_schema
-from embellama_integrations.lance_sink import write_table
+from embellama.ingest.lancedb import LanceWriter, append_rows, store_schema
+from embellama.ingest.lance_sink import write_table
 n, dims, how = int(sys.argv[1]), 384, sys.argv[2]
 ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
 ray.data.DataContext.get_current().enable_progress_bars = False

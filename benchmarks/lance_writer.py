@@ -18,7 +18,7 @@ from .snippets import interleave, publish, run_snippet
 _CODE = r"""
 import json, sys, tempfile, time
 import numpy as np, pyarrow as pa
-from embellama_integrations.lancedb import LanceWriter, store_rows
+from embellama.ingest.lancedb import LanceWriter, store_rows
 n, dims, how = int(sys.argv[1]), 384, sys.argv[2]
 vectors = np.random.default_rng(0).random((n, dims), dtype=np.float32)
 batch = pa.table({

@@ -3,7 +3,8 @@
 ``python -m benchmarks.model_shipping [--mib 1024] [--rounds 2] [--out benchmarks/results/model-shipping.md]``
 
 Needs root (the second node runs ``ray start`` in its own mount namespace with a tmpfs over the model's folder, see
-``tests/ray_nodes.py``), so it is a benchmark, not a test. The file is a dummy: the GGUF magic followed by random
+``tests/fixtures/ray_nodes.py``), so it is a benchmark, not a test. The file is a dummy: the GGUF magic followed by
+random
 bytes (shipping moves and hashes bytes; nothing loads it). Timed, per round, in the driver:
 
 - ``fingerprint (driver)``: the driver's whole-file hash of a file it has not hashed before (``driver_model_file``);
@@ -36,9 +37,9 @@ def _round(mib: int, root: Path) -> dict[str, float]:
     import ray
     import ray.cluster_utils
 
-    from embellama_integrations.model_files import check_nodes, driver_model_file, ship
-    from tests.ray_cluster import ray_environment
-    from tests.ray_nodes import NamespacedNode
+    from embellama.ingest.model_files import check_nodes, driver_model_file, ship
+    from tests.fixtures.ray_cluster import ray_environment
+    from tests.fixtures.ray_nodes import NamespacedNode
 
     models = root / "models"
     models.mkdir(parents=True)

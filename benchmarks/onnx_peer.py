@@ -64,8 +64,8 @@ Vectors = npt.NDArray[np.float32]
 
 
 def model_paths() -> tuple[Path, Path]:
-    """Where the fp32 and int8 graphs are cached: ``embellama.default_model.cache_dir() / "onnx"``."""
-    from embellama.default_model import cache_dir
+    """Where the fp32 and int8 graphs are cached: ``embellama.files.default_model.cache_dir() / "onnx"``."""
+    from embellama.files.default_model import cache_dir
 
     folder = cache_dir() / "onnx"
     int8 = "int8-per-channel" if PER_CHANNEL else "int8"

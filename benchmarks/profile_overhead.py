@@ -4,7 +4,7 @@ Embeds 1,000 short texts (~20 tokens) through the core engine (``EmbeddingEngine
 output="numpy")``) and through the LangChain adapter (``EmbellamaEmbeddings(...).embed_documents``), both on the
 default model, and splits the wall time:
 
-- native: time inside ``llama_cpp.llama_encode`` / ``llama_decode`` (what ``embellama._native`` calls; an encoder
+- native: time inside ``llama_cpp.llama_encode`` / ``llama_decode`` (what ``embellama.model.native`` calls; an encoder
   such as BERT goes through ``llama_encode``) and ``llama_cpp.llama_tokenize``. In this process only, those
   bindings are replaced by wrappers that record each call's thread, wall interval and thread CPU time;
 - Python: each thread's CPU time (``pthread_getcpuclockid``) minus its native CPU time — planning, queues, futures,
@@ -14,7 +14,8 @@ default model, and splits the wall time:
 
 A second, separate pass of each path runs under cProfile with a per-thread CPU clock (so time a thread spends
 preempted or waiting for the GIL is not charged to whatever function it was in) — on the caller thread, and on each
-worker thread around its rounds (``embellama.backends.ThreadBackend.serve`` is wrapped here, in this process; the
+worker thread around its rounds (``embellama.runtime.backends.ThreadBackend.serve`` is wrapped here, in this process;
+the
 scheduler's queue loop around it is not profiled) — and lists the 15 functions with the most own CPU time, leaving
 out the native wrappers and the clocks they read. ctypes calls are not seen by cProfile: the small native getters
 (``llama_get_embeddings_seq``, ...) count in their Python caller. cProfile slows Python several-fold, so its table
@@ -61,7 +62,7 @@ class NativeTimer:
     _originals: dict[str, Any] = field(default_factory=dict)
 
     def install(self) -> None:
-        """Wrap the bindings (module attributes: ``embellama._native`` looks them up at each call)."""
+        """Wrap the bindings (module attributes: ``embellama.model.native`` looks them up at each call)."""
         import llama_cpp
 
         for name in NATIVE:
@@ -179,7 +180,7 @@ class _WorkerProfiles:
         self._original: Any = None
 
     def install(self) -> None:
-        from embellama.backends import ThreadBackend
+        from embellama.runtime.backends import ThreadBackend
 
         original = self._original = ThreadBackend.serve
 
@@ -197,7 +198,7 @@ class _WorkerProfiles:
         ThreadBackend.serve = serve  # type: ignore[method-assign,assignment]
 
     def uninstall(self) -> None:
-        from embellama.backends import ThreadBackend
+        from embellama.runtime.backends import ThreadBackend
 
         if self._original is not None:
             ThreadBackend.serve = self._original  # type: ignore[method-assign]

@@ -45,7 +45,7 @@ _RAY = (
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
-from embellama_integrations.ray import embed_dataset
+from embellama.ingest.ray import embed_dataset
 ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
 ray.data.DataContext.get_current().enable_progress_bars = False
 def run(rows):

@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.rerank [--rounds 3] [--out benchmarks/results/rerank.md]``
 
-The cross-encoder is the offline test one (all-MiniLM-L6-v2's encoder + a one-label head, ``tests/rerankers.py``).
+The cross-encoder is the offline test one (all-MiniLM-L6-v2's encoder + a one-label head,
+``tests/fixtures/rerankers.py``).
 Each round runs, each in a fresh process: embellama's ``rerank`` (default options: pairs packed into shared
 decodes over one single-thread worker per core) and raw llama-cpp-python (one ``llama_encode`` per pair, all
 cores, as its users score pairs today; with ``--packed`` too). 64 queries x 32 documents of ~20 words each.
@@ -20,7 +21,7 @@ from .snippets import interleave, publish, run_snippet
 _SETUP = r"""
 import json, os, sys, time
 from benchmarks.workloads import make_texts
-from tests.rerankers import cross_encoder
+from tests.fixtures.rerankers import cross_encoder
 path = str(cross_encoder().gguf_path)
 queries = make_texts(64, 8, seed=3)
 documents = make_texts(32, 20, seed=4)
@@ -43,7 +44,7 @@ with EmbeddingEngine(cache_size=0) as engine:
 _RAW = (
     _SETUP
     + r"""
-from tests.rerankers import RawReranker
+from tests.fixtures.rerankers import RawReranker
 pack = sys.argv[1] == "packed"
 with RawReranker(path, n_threads=len(os.sched_getaffinity(0))) as raw:
     raw.scores(queries[0], documents, pack=pack)

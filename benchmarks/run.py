@@ -124,7 +124,7 @@ def _default_build(weight_type: str) -> Path:
     """The default model built as ``weight_type`` (``f16``/``bf16``), whatever this CPU would pick."""
     import os
 
-    from embellama.default_model import WEIGHTS_ENV, default_model_path
+    from embellama.files.default_model import WEIGHTS_ENV, default_model_path
 
     before = os.environ.get(WEIGHTS_ENV)
     os.environ[WEIGHTS_ENV] = weight_type
@@ -140,8 +140,8 @@ def _default_build(weight_type: str) -> Path:
 def _weight_variants(gguf: Path, log: Any) -> list[PeerSpec]:
     """The default model's weights as F16 (the reference), BF16 (both written from the safetensors), and F32 and
     Q8_0 made from the F16 file."""
-    from embellama.default_model import cache_dir
-    from embellama.quantize import quantize_model
+    from embellama.files.default_model import cache_dir
+    from embellama.model.quantize import quantize_model
 
     f16 = _default_build("f16")
     specs = [PeerSpec("embellama F16", "embellama", {"model_path": str(f16)})]

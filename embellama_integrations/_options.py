@@ -3,7 +3,7 @@
 :data:`ModelOptionFields` is a pydantic model with one optional field per :data:`embellama.config.MODEL_OPTIONS`
 entry, typed and documented from ``ModelConfig`` itself; each adapter inherits it, so an option added to the core
 reaches LangChain and LlamaIndex users with no change here. :func:`client_options` turns an adapter's field
-values into :class:`embellama.client.EmbeddingClient` keyword arguments (only those the user set).
+values into :class:`embellama.engine.client.EmbeddingClient` keyword arguments (only those the user set).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from embellama.client import EmbeddingClient
 from embellama.config import MODEL_OPTIONS, ModelConfig, option_docs
+from embellama.engine.client import EmbeddingClient
 from embellama.migration import unknown_options_error
 
 __all__ = [
@@ -60,7 +60,7 @@ else:
 
 
 class ClientOptionFields(BaseModel):
-    """Options of :class:`embellama.client.EmbeddingClient` that both adapters expose under the same name."""
+    """Options of :class:`embellama.engine.client.EmbeddingClient` that both adapters expose under the same name."""
 
     show_progress: bool = Field(default=False, description="Show a tqdm progress bar per call (extra 'progress').")
     on_error: Literal["raise", "collect"] = Field(
@@ -80,7 +80,7 @@ def refuse_unknown(cls: type[BaseModel], data: dict[str, Any], *, also: tuple[st
 
 
 def model_option_values(obj: Any, *, by_name: bool) -> dict[str, Any]:
-    """An adapter's options for :class:`embellama.client.EmbeddingClient`: the model options the user set, plus
+    """An adapter's options for :class:`embellama.engine.client.EmbeddingClient`: the model options the user set, plus
     the adapters' own defaults (:data:`ADAPTER_DEFAULTS`) unless the model is one registered by name in the
     caller's engine (its options are then the engine's), and the client options."""
     values = {

@@ -17,11 +17,16 @@ from langchain_core.documents.compressor import BaseDocumentCompressor
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine import EmbeddingEngine
+from embellama.engine.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine.engine import EmbeddingEngine
 from embellama.types import Reranking
-
-from ._options import ClientOptionFields, ModelOptionFields, model_option_values, refuse_unknown, resolved_identity
+from embellama_integrations._options import (
+    ClientOptionFields,
+    ModelOptionFields,
+    model_option_values,
+    refuse_unknown,
+    resolved_identity,
+)
 
 __all__ = ["EmbellamaEmbeddings", "EmbellamaReranker"]
 
@@ -86,7 +91,7 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
 
     @property
     def client(self) -> EmbeddingClient:
-        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        """The ``embellama.engine.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
         return self._slot.get(
             dict(
                 model_path=self.model_path,
@@ -162,7 +167,7 @@ class EmbellamaReranker(ModelOptionFields, BaseDocumentCompressor, ClientBacked)
 
     @property
     def client(self) -> EmbeddingClient:
-        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        """The ``embellama.engine.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
         by_name = self.engine is not None and self.model_path is None
         options = model_option_values(self, by_name=by_name)
         return self._slot.get(

@@ -23,12 +23,11 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from embellama.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine import EmbeddingEngine, call_offset, one_report_per_call
+from embellama.engine.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
+from embellama.engine.engine import EmbeddingEngine, call_offset, one_report_per_call
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.types import Reranking
-
-from ._options import (
+from embellama_integrations._options import (
     ADAPTER_DEFAULTS,
     MODEL_OPTION_NAMES,
     ClientOptionFields,
@@ -141,7 +140,7 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
 
     @property
     def client(self) -> EmbeddingClient:
-        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        """The ``embellama.engine.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
         _refuse_collect(self.on_error)
         by_name = self._engine is not None and self.model_path is None
         fields = {name: getattr(self, name) for name in _CLIENT_FIELDS} | model_option_values(self, by_name=by_name)
@@ -291,7 +290,7 @@ class EmbellamaRerank(BaseNodePostprocessor, ModelOptionFields):
 
     @property
     def client(self) -> EmbeddingClient:
-        """The ``embellama.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
+        """The ``embellama.engine.client.EmbeddingClient`` doing the work (rebuilt if a field was changed)."""
         by_name = self._engine is not None and self.model_path is None
         options = model_option_values(self, by_name=by_name)
         return self._slot.get(

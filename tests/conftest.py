@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from embellama import EmbeddingEngine, ModelConfig, default_model_path
-from embellama.default_model import cache_dir, default_weight_type
-from embellama.quantize import quantize_model
+from embellama.files.default_model import cache_dir, default_weight_type
+from embellama.model.quantize import quantize_model
 
 MODEL_NAME = "minilm"
 

@@ -9,12 +9,11 @@ Example:
 
 import logging
 
-from .cache import CacheStats
-from .client import EmbeddingClient, shared_engine
-from .config import EngineConfig, ModelConfig, Pooling
-from .default_model import default_model_path
-from .engine import EmbeddingEngine
-from .errors import (
+from embellama.config import EngineConfig, ModelConfig, Pooling
+from embellama.engine.cache import CacheStats
+from embellama.engine.client import EmbeddingClient, shared_engine
+from embellama.engine.engine import EmbeddingEngine
+from embellama.errors import (
     ConfigurationError,
     EmbeddingError,
     EmbellamaError,
@@ -25,8 +24,9 @@ from .errors import (
     ModelNotFoundError,
     ModelTimeoutError,
 )
-from .model import EmbeddingModel
-from .types import BatchResult, ModelInfo, RankedDocument, Reranking
+from embellama.files.default_model import default_model_path
+from embellama.model.embedding import EmbeddingModel
+from embellama.types import BatchResult, ModelInfo, RankedDocument, Reranking
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from .cpu import usable_cores
-from .errors import ConfigurationError
+from embellama.cpu import usable_cores
+from embellama.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -164,7 +164,7 @@ class ModelConfig:
     offloaded to a GPU (``n_gpu_layers != 0``). On CPU llama.cpp keeps a vocabulary-sized output row per token of
     the largest decode (31 MB per 256 tokens for a 30k vocabulary), and 512 measured no faster; a GPU needs large
     decodes to be busy (not verified on a GPU yet). Decoders' budgets are also capped by their vocabulary (see
-    :mod:`embellama.sizing`)."""
+    :mod:`embellama.model.sizing`)."""
 
     max_texts_per_decode: int = None  # type: ignore[assignment]  # resolved in __post_init__
     """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8 on CPU, 64
@@ -212,7 +212,7 @@ class ModelConfig:
 
     prompts: dict[str, str] | None = None
     """Named prompts (sentence-transformers' convention); ``"query"`` and ``"document"`` are what RAG adapters use.
-    Defaults to the model family's (see :mod:`embellama.families`); ``{}`` means none."""
+    Defaults to the model family's (see :mod:`embellama.model.families`); ``{}`` means none."""
 
     add_eos: bool | None = None
     """Append the end-of-sequence token to every input (last-token embedders such as Qwen3-Embedding need it).

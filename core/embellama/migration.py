@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from embellama.errors import ConfigurationError
 
 __all__ = ["HINTS", "hint_for", "hub_id_hint", "looks_like_hub_id", "unknown_options_error"]
 

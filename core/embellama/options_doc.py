@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ModelConfig, option_docs
+from embellama.config import ModelConfig, option_docs
 
 __all__ = ["BEGIN", "END", "options_table", "replace_block"]
 

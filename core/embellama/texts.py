@@ -7,7 +7,7 @@ checked the same way, and bounded in size: it is joined to every input of its re
 
 from __future__ import annotations
 
-from .errors import InvalidInputError
+from embellama.errors import InvalidInputError
 
 __all__ = ["PROMPT_BYTES_PER_TOKEN", "encode_text", "validate_prompt", "validate_text"]
 

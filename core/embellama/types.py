@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInputError
+from embellama.errors import InvalidInputError
 
 __all__ = [
     "BatchResult",
@@ -45,12 +45,12 @@ class ModelInfo:
     normalize: bool
     size_bytes: int
     fingerprint: str
-    """Content hash of the whole GGUF file (see :func:`embellama.identity.file_fingerprint`)."""
+    """Content hash of the whole GGUF file (see :func:`embellama.files.identity.file_fingerprint`)."""
     n_workers: int
     n_threads: int
     isolation: str
     family: str = ""
-    """The model family detected from the GGUF (see :mod:`embellama.families`)."""
+    """The model family detected from the GGUF (see :mod:`embellama.model.families`)."""
     kind: str = "embedding"
     """``"embedding"``, or ``"reranker"`` for a cross-encoder (scores pairs; ``dimensions`` is its score count)."""
     causal: bool = False
@@ -166,7 +166,7 @@ class Reranking:
 
 @dataclass(frozen=True)
 class WorkerHealth:
-    """One worker of a model, as :meth:`~embellama.engine.EmbeddingEngine.model_health` reports it."""
+    """One worker of a model, as :meth:`~embellama.engine.engine.EmbeddingEngine.model_health` reports it."""
 
     pid: int | None
     """Process serving the worker's instance (None while its child process is dead or restarting)."""
