@@ -28,14 +28,10 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from embellama import (
-    EmbeddingEngine,
-    EngineClosedError,
-    ModelNotFoundError,
-    _native,
-    identity,
-)
+from embellama import EmbeddingEngine, EngineClosedError, ModelNotFoundError
 from embellama.engine.planning import split
+from embellama.files import identity
+from embellama.model import native as _native
 from embellama.model.quantize import quantize_model
 from embellama.runtime.isolation import ProcessBackend
 from embellama.types import Job

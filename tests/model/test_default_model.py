@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embellama import ConfigurationError, EmbeddingEngine, EmbeddingModel, ModelConfig
-from embellama import default_model as dm
+from embellama.files import default_model as dm
 from embellama.files.bert_gguf import WRITER_VERSION, write_bert_gguf
 from tests.fixtures.texts import varied_texts
 

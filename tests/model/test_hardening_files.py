@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embellama import ConfigurationError, EmbeddingEngine, EmbeddingModel, ModelConfig, ModelLoadError
-from embellama import identity as identity_module
+from embellama.files import identity as identity_module
 from embellama.files.bert_gguf import write_bert_gguf
 from embellama.files.gguf import GGML_TYPE_SIZES, read_header
 from embellama.files.identity import file_fingerprint, file_identity
