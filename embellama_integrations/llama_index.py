@@ -24,7 +24,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from embellama.engine.client import ClientBacked, ClientSlot, EmbeddingClient, model_path_from_env
-from embellama.engine.engine import EmbeddingEngine, call_offset, one_report_per_call
+from embellama.engine.engine import EmbeddingEngine
+from embellama.engine.truncation import call_offset, one_report_per_call
 from embellama.errors import ConfigurationError, InvalidInputError
 from embellama.types import Reranking
 from embellama_integrations._options import (

@@ -30,7 +30,7 @@ EXIT_TIMEOUT = 120.0
 
 
 class Closable(Protocol):
-    """What the lifecycle hooks need of an engine."""
+    """What the lifecycle hooks need of an engine (its model registry)."""
 
     def close(self, timeout: float | None = ...) -> None:
         """Stop every worker, waiting up to ``timeout`` seconds."""

@@ -23,8 +23,8 @@ from embellama import (
     ModelConfig,
     ModelNotFoundError,
 )
-from embellama.engine.planning import drive
 from embellama.engine.planning import split as _split
+from embellama.engine.request import Request
 from tests.conftest import MODEL_NAME
 from tests.fixtures.texts import varied_texts
 
@@ -145,9 +145,9 @@ def test_registry_and_load_unload_cycles(model_path: Path) -> None:
 
 def test_ensure_model_shares_identical_configs(model_path: Path) -> None:
     with EmbeddingEngine() as eng:
-        a = eng.ensure_model(ModelConfig(model_path=model_path, model_name="shared"))
-        b = eng.ensure_model(ModelConfig(model_path=model_path, model_name="shared"))
-        c = eng.ensure_model(ModelConfig(model_path=model_path, model_name="shared", pooling="max"))
+        a = eng.registry.ensure_model(ModelConfig(model_path=model_path, model_name="shared"))
+        b = eng.registry.ensure_model(ModelConfig(model_path=model_path, model_name="shared"))
+        c = eng.registry.ensure_model(ModelConfig(model_path=model_path, model_name="shared", pooling="max"))
         assert a == b == "shared" and c == "shared#2"
         assert len(eng.models) == 2
 
@@ -198,11 +198,11 @@ async def test_async_context_manager(model_path: Path) -> None:
 
 
 def test_submit_low_level(engine: EmbeddingEngine) -> None:
-    result = engine.submit(MODEL_NAME, ["x", "word " * 300], collect_errors=True).result(timeout=60)
+    result = engine.registry.submit(MODEL_NAME, ["x", "word " * 300], collect_errors=True).result(timeout=60)
     assert np.isfinite(result.vectors[0]).all() and np.isnan(result.vectors[1]).all()
     assert result.errors[1].index == 1 and result.errors[1].n_tokens == 302
     with pytest.raises(InvalidInputError) as info:
-        engine.submit(MODEL_NAME, ["x", 3])  # type: ignore[list-item]
+        engine.registry.submit(MODEL_NAME, ["x", 3])  # type: ignore[list-item]
     assert info.value.index == 1
 
 
@@ -227,7 +227,7 @@ def test_close_stops_a_long_round_between_decodes(model_path: Path) -> None:
     eng = EmbeddingEngine(cache_size=0)
     eng.load_model(ModelConfig(model_path=model_path, model_name="long", n_workers=1))
     # one job of 5,000 texts is one worker round (hundreds of decodes); close must not wait for all of them
-    future = eng.submit("long", [f"text number {i}" for i in range(5000)])
+    future = eng.registry.submit("long", [f"text number {i}" for i in range(5000)])
     deadline = time.monotonic() + 60
     while not future.running() and time.monotonic() < deadline:  # wait until the worker has taken the job
         time.sleep(0.001)
@@ -240,11 +240,11 @@ def test_a_modest_batch_is_shared_between_workers(model_path: Path) -> None:
     # frameworks send batches of 10-64 texts one after another: each must reach every worker, not just one
     with EmbeddingEngine(cache_size=0) as eng:
         eng.load_model(ModelConfig(model_path=model_path, model_name="two", n_workers=2, n_threads=1))
-        plan = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(40)], "raise"))
+        plan = Request.embeddings(eng.registry, "two", [f"t{i}" for i in range(40)]).plan()
         assert [len(c) for c in plan.chunks] == [20, 20]
-        small = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(10)], "raise"))
+        small = Request.embeddings(eng.registry, "two", [f"t{i}" for i in range(10)]).plan()
         assert [len(c) for c in small.chunks] == [10]  # not cut below one decode's worth (8 texts)
-        big = drive(eng._plan(eng._serving("two"), [f"t{i}" for i in range(200)], "raise"))
+        big = Request.embeddings(eng.registry, "two", [f"t{i}" for i in range(200)]).plan()
         assert [len(c) for c in big.chunks] == [50, 50, 50, 50]  # balanced, not 64+64+64+8
 
 

@@ -394,7 +394,7 @@ PROGRESS_TEXTS = [f"progress text {i} about something else entirely" for i in ra
 
 def _record_jobs(engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch) -> list[Job]:
     """Capture every job the engine queues for model ``p`` to embed texts (not the jobs that only check them)."""
-    pool = engine._models["p"].pool
+    pool = engine.registry.serving("p").pool
     jobs: list[Job] = []
     put = pool.put
 

@@ -19,7 +19,7 @@ import pytest
 
 from embellama import EmbeddingEngine, InvalidInputError, ModelConfig
 from embellama.engine.cache import ENTRY_OVERHEAD, EmbeddingCache
-from embellama.engine.planning import drive
+from embellama.engine.request import Request
 from embellama.texts import PROMPT_BYTES_PER_TOKEN
 from tests.conftest import MODEL_NAME
 
@@ -195,7 +195,7 @@ def test_nothing_keeps_a_text_after_its_request(model_path: Path) -> None:
         eng.embed("m", text, prompt="query: ")
         gc.collect()
         assert sys.getrefcount(text) == refs
-        keys = list(eng._cache._data)
+        keys = list(eng.registry.cache._data)
         assert len(keys) == 3 and all(isinstance(k, bytes) and len(k) == 32 for k in keys)
         assert eng.cache_stats().bytes == 3 * (384 * 4 + ENTRY_OVERHEAD)
 
@@ -268,7 +268,7 @@ def test_identical_texts_in_one_request_are_embedded_once_and_share_one_vector(m
         for text in set(texts):
             same = rows[[i for i, t in enumerate(texts) if t == text]]
             assert (same == same[0]).all()  # bit for bit
-        plan = drive(eng._plan(eng._serving("m"), texts, "raise"))
+        plan = Request.embeddings(eng.registry, "m", texts).plan()
         assert sum(len(c) for c in plan.chunks) == 3 and len(plan.copies) == len(texts) - 3
         assert eng.count_tokens("m", texts) == 3 * len(texts)  # [CLS] word [SEP], every index counted
         progress: list[tuple[int, int]] = []
@@ -298,12 +298,14 @@ def test_duplicates_of_cut_and_cached_texts_are_reported_and_counted(model_path:
     long_text = "word " * 400
     with EmbeddingEngine() as eng:
         eng.load_model(ModelConfig(model_path=model_path, model_name="m", truncate=True, n_workers=1))
-        plan = drive(eng._plan(eng._serving("m"), [long_text, "a", long_text], "raise"))
-        eng._run(eng._serving("m"), plan, "numpy", None)
+        first = Request.embeddings(eng.registry, "m", [long_text, "a", long_text], output="numpy")
+        plan = first.plan()
+        first.run()
         assert plan.truncated == {0: 402, 2: 402} and plan.tokens == 402 * 2 + 3
-        again = drive(eng._plan(eng._serving("m"), ["a", long_text, long_text, "a"], "raise"))  # from the cache
+        request = Request.embeddings(eng.registry, "m", ["a", long_text, long_text, "a"], output="numpy")
+        again = request.plan()  # from the cache
         assert again.chunks == [] and again.tokens == 402 * 2 + 3 * 2
         hits = eng.cache_stats().hits
-        rows = eng._run(eng._serving("m"), again, "numpy", None)
+        rows = request.run()
         assert eng.cache_stats().hits == hits and again.truncated == {1: 402, 2: 402}
         assert (rows[1] == rows[2]).all() and (rows[0] == rows[3]).all()

@@ -655,7 +655,7 @@ def test_changing_a_field_releases_the_previous_model(model_path: Path) -> None:
     engine = shared_engine()
 
     def configs() -> list[bool]:
-        return [engine.model_config(n).normalize for n in engine.models if n.startswith("changed")]
+        return [engine.registry.model_config(n).normalize for n in engine.models if n.startswith("changed")]
 
     assert configs() == [True]
     emb.normalize = False

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from embellama.engine.waiting import SLICE_S, adrive, await_jobs
+from embellama.engine.request import SLICE_S, adrive, await_jobs
 from embellama.errors import EngineClosedError
 
 

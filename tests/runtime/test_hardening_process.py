@@ -83,7 +83,7 @@ def _child_pid(engine: EmbeddingEngine, name: str) -> int:
 
 
 def _backend(engine: EmbeddingEngine, name: str) -> ProcessBackend:
-    backend = engine._models[name].pool.workers[0].backend
+    backend = engine.registry.serving(name).pool.workers[0].backend
     assert isinstance(backend, ProcessBackend)
     return backend
 
@@ -243,7 +243,7 @@ def test_close_with_a_sigstopped_child_kills_it(model_path: Path) -> None:
         # returns (a short grace for the kill to land), not left stopped for a later clean-up to find
         gone_after_close = _wait_until(lambda: _is_gone(pid), 1.0)
         assert gone_after_close, f"close() returned after {elapsed:.1f} s with the stopped child {pid} still alive"
-        assert eng.running_threads() == []
+        assert eng.registry.running_threads() == []
     finally:
         if not _is_gone(pid):  # leave nothing stopped behind, whatever happened
             os.kill(pid, signal.SIGKILL)

@@ -139,7 +139,7 @@ def test_the_prompt_crosses_the_process_boundary_once_per_job(iso: EmbeddingEngi
 
 def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, reference: np.ndarray) -> None:
     before = child_pid(iso)
-    backend = iso._models[NAME].pool.workers[0].backend
+    backend = iso.registry.serving(NAME).pool.workers[0].backend
     assert isinstance(backend, ProcessBackend)
     crashes = backend.crashes
     poison = iso.submit(NAME, [ABORT])
@@ -198,15 +198,15 @@ def test_transparent_retry_on_a_restarted_worker(model_path: Path, reference: np
         np.testing.assert_allclose(rows, expected, atol=BATCH_TOL)
         np.testing.assert_allclose(eng.embed_batch("retry", TEXTS, output="numpy"), reference, atol=BATCH_TOL)
         # a poison job exhausts its retries alone; jobs that crashed with it are retried one by one and succeed
-        busy = eng.submit("retry", [f"warm {i}" for i in range(40)])
-        bystanders = [eng.submit("retry", [TEXTS[i]]) for i in range(3)]
-        poison = eng.submit("retry", [ABORT])
+        busy = eng.registry.submit("retry", [f"warm {i}" for i in range(40)])
+        bystanders = [eng.registry.submit("retry", [TEXTS[i]]) for i in range(3)]
+        poison = eng.registry.submit("retry", [ABORT])
         busy.result(timeout=180)
         for i, f in enumerate(bystanders):
             np.testing.assert_allclose(f.result(timeout=180).vectors[0], reference[i], atol=BATCH_TOL)
         with pytest.raises(ModelCrashedError, match="SIGABRT"):
             poison.result(timeout=180)
-        backend = eng._models["retry"].pool.workers[0].backend
+        backend = eng.registry.serving("retry").pool.workers[0].backend
         assert isinstance(backend, ProcessBackend) and backend.crashes >= 4  # 1 kill + 3 poison attempts
 
 

@@ -9,103 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from embellama import EmbeddingEngine, EmbeddingError, EngineClosedError, InvalidInputError, ModelConfig
-from embellama.model.batching import plan_decodes
-from embellama.model.contract import Prepared, run_round
+from embellama.model.contract import run_round
 from embellama.runtime.scheduler import Backend, WorkerPool
 from embellama.types import Job, JobResult, ModelInfo, Payload
-
-WIDTH = 4
-
-
-class FakeModel:
-    """Implements ``embellama.model.contract.EncoderModel``: one token per character, a vector of character
-    statistics."""
-
-    def __init__(self, *, max_tokens: int = 16, max_texts: int = 4, fail_on: str | None = None) -> None:
-        self.max_tokens, self.max_texts, self.fail_on = max_tokens, max_texts, fail_on
-        self.decodes: list[int] = []
-        self.prepared = 0
-        self.prompts_checked = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-
-    @property
-    def output_width(self) -> int:
-        return WIDTH
-
-    def check_prompt(self, prompt: str) -> None:
-        self.prompts_checked += 1
-        if len(prompt) >= self.max_tokens:
-            raise InvalidInputError("too long a prompt", n_tokens=len(prompt), limit=self.max_tokens, subject="prompt")
-
-    def prepare_input(self, text: str, prompt: str = "") -> Prepared:
-        self.prepared += 1
-        text = prompt + text
-        if text == "bad":
-            raise InvalidInputError("bad text", n_tokens=3, limit=2)
-        if len(text) > self.max_tokens:
-            raise InvalidInputError("too long", n_tokens=len(text), limit=self.max_tokens)
-        tokens = np.frombuffer(text.encode("ascii") or b" ", dtype=np.uint8).astype(np.int32)
-        return Prepared(tokens, len(tokens))
-
-    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
-        return plan_decodes(lengths, max_tokens=self.max_tokens * self.max_texts, max_texts=self.max_texts)
-
-    def forward(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        self.entered.set()
-        assert self.gate.wait(30)
-        self.decodes.append(len(sequences))
-        if self.fail_on is not None and any(bytes(s.astype(np.uint8)).decode() == self.fail_on for s in sequences):
-            raise EmbeddingError("decode failed")
-        return np.stack([expected(bytes(s.astype(np.uint8)).decode(), normalized=False) for s in sequences])
-
-    def postprocess(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        out: npt.NDArray[np.float32] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-        return out
-
-
-def expected(text: str, *, normalized: bool = True) -> npt.NDArray[np.float32]:
-    codes = np.frombuffer((text or " ").encode("ascii"), dtype=np.uint8).astype(np.float32)
-    row = np.array([len(codes), codes.sum(), codes.max(), codes[0] + 1], dtype=np.float32)
-    return row / np.linalg.norm(row) if normalized else row
-
-
-class FakeBackend:
-    """A ``Backend`` serving a FakeModel in the worker thread (what ThreadBackend does with the real model)."""
-
-    def __init__(self, model: FakeModel, stopping: threading.Event) -> None:
-        self.model, self.stopping = model, stopping
-        self.rounds: list[tuple[int, bool]] = []
-        self.closed = False
-
-    @property
-    def pid(self) -> int:
-        return 1
-
-    def load(self) -> ModelInfo:
-        return ModelInfo("fake", "fake.gguf", "fake", WIDTH, WIDTH, 16, "mean", None, True, 0, "f" * 16, 1, 1, "x")
-
-    def serve(self, jobs: list[Job], *, lone: bool) -> None:
-        self.rounds.append((len(jobs), lone))
-        for job, outcome in zip(
-            jobs, run_round(self.model, [j.payload() for j in jobs], should_stop=self.stopping.is_set), strict=True
-        ):
-            job.resolve(outcome)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def kill(self) -> None:
-        pass
+from tests.fixtures.fake_model import FakeBackend, FakeModel, expected, serve_fake_models
 
 
 @pytest.fixture
@@ -278,9 +192,7 @@ def test_a_backend_that_fails_to_load_stops_the_pool() -> None:
 def test_engine_request_path_with_a_fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planning, chunking, progress in the caller's thread, collect mode and the cache, without llama.cpp."""
     fake = FakeModel()
-    monkeypatch.setattr(
-        "embellama.engine.engine.backend_factory", lambda config: lambda stopping: FakeBackend(fake, stopping)
-    )
+    serve_fake_models(monkeypatch, fake)
     texts = [f"text {i}" for i in range(50)] + ["bad", "x" * 20]
     with EmbeddingEngine(cache_size=100, chunk_size=8) as engine:
         engine.load_model(ModelConfig(model_path="fake.gguf", model_name="f", n_workers=2))
@@ -310,5 +222,5 @@ def test_engine_request_path_with_a_fake_model(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(InvalidInputError) as single:
             engine.embed("f", "bad")
         assert single.value.index is None
-        pending: Future[JobResult] = engine.submit("f", ["abc"])
+        pending: Future[JobResult] = engine.registry.submit("f", ["abc"])
         np.testing.assert_allclose(pending.result(10).vectors[0], expected("abc"))

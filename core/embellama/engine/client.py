@@ -1,7 +1,7 @@
 """``EmbeddingClient``: the one piece the LangChain and LlamaIndex adapters delegate to.
 
 A client holds validated options and, on first use, registers its model with an engine through
-:meth:`~embellama.engine.engine.EmbeddingEngine.ensure_model`. Every client built from the same file and options, in
+:meth:`~embellama.engine.registry.ModelRegistry.ensure_model`. Every client built from the same file and options, in
 any framework, therefore shares one loaded model in the process-wide :func:`shared_engine`. The client adds what
 RAG frameworks need on top of the engine: query/document instruction prefixes, batching with an optional progress
 bar, twin sync and async methods (async awaits the model thread), and a stable cache ``namespace``.
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from embellama.config import MODEL_OPTIONS, ModelConfig
-from embellama.engine.engine import EmbeddingEngine, ProgressCallback, in_thread
+from embellama.engine.engine import EmbeddingEngine
 from embellama.engine.planning import OnError
+from embellama.engine.registry import in_thread
+from embellama.engine.request import ProgressCallback
 from embellama.errors import ConfigurationError, InvalidInputError, ModelNotFoundError
 from embellama.files.default_model import cache_dir, default_model_file, default_model_path
 from embellama.files.gguf import file_fingerprint, read_header
@@ -257,7 +259,7 @@ class EmbeddingClient(FromPretrained):
             config = self.config
         else:
             engine, name = self.ensure_loaded()
-            config = engine.model_config(name)
+            config = engine.registry.model_config(name)
         pooling, normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
         prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
         parts = [
@@ -279,7 +281,7 @@ class EmbeddingClient(FromPretrained):
         """Register the model (sharing an identical one already loaded) and return ``(engine, name)``.
 
         The client counts as a user of the model until it is garbage-collected; a model no client uses any more is
-        unloaded (see :meth:`~embellama.engine.engine.EmbeddingEngine.acquire`).
+        unloaded (see :meth:`~embellama.engine.registry.ModelRegistry.acquire`).
         """
         with self._lock:
             loaded = self._loaded
@@ -290,10 +292,10 @@ class EmbeddingClient(FromPretrained):
             if self._builds_default:
                 default_model_path()
             engine = self._engine or shared_engine()
-            name = engine.acquire(self.config)
+            name = engine.registry.acquire(self.config)
             if self._release is not None:
                 self._release.detach()
-            self._release = weakref.finalize(self, engine.release, name)
+            self._release = weakref.finalize(self, engine.registry.release, name)
             self._loaded = (engine, name)
             return self._loaded
 

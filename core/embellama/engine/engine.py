@@ -1,116 +1,33 @@
-"""``EmbeddingEngine``: a registry of named models with twin sync and async APIs over one request path.
+"""``EmbeddingEngine``: named embedding models served from threads or asyncio, with a shared cache.
 
-A request is planned once (:mod:`embellama.engine.planning`: validation, cache, even chunks), its chunks become jobs on
-the serving model's :class:`~embellama.runtime.scheduler.WorkerPool`, and the answer is assembled from their results.
-The model is looked up once per request, so a request is answered — and cached — by the model that planned it,
-even if the name is unloaded and reloaded meanwhile. Sync calls wait on ``concurrent.futures.Future`` s; async
-calls await the same futures with ``asyncio.wrap_future`` and plan and assemble in slices, so the event loop never
-blocks and a model is only ever called from its own thread.
+The engine is the public face: twin sync and async methods, each one line over two pieces below it. The model
+registry (:mod:`embellama.engine.registry`) loads, shares, reference-counts and unloads models and re-creates their
+workers after a fork; a request (:mod:`embellama.engine.request`) plans, checks, submits, waits, assembles and
+reports — the same steps for both twins, which differ only in how the request is driven (waiting on futures in the
+caller's thread, or awaiting them on the event loop). A call therefore goes down and never climbs back up here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-import threading
-import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from embellama import lifecycle
 from embellama.config import EngineConfig, ModelConfig
-from embellama.engine.cache import CacheStats, EmbeddingCache
-from embellama.engine.planning import OnError, Output, Plan, Steps, assemble, checked_tokens, drive, plan_request, split
-from embellama.engine.truncation import call_offset, one_report_per_call, report_truncation
-from embellama.engine.waiting import Progress, ProgressCallback, adrive, await_jobs, in_thread, wait_jobs
-from embellama.errors import ConfigurationError, EngineClosedError, InvalidInputError, ModelNotFoundError
-from embellama.runtime.backends import backend_factory
-from embellama.runtime.scheduler import WorkerPool
-from embellama.texts import validate_prompt, validate_text
-from embellama.types import BatchResult, Item, Job, JobResult, ModelHealth, ModelInfo, RankedDocument, Reranking
+from embellama.engine.cache import CacheStats
+from embellama.engine.planning import OnError, Output
+from embellama.engine.registry import ModelRegistry, in_thread
+from embellama.engine.request import ProgressCallback, Request
+from embellama.errors import ConfigurationError, EngineClosedError
+from embellama.types import BatchResult, ModelHealth, ModelInfo, Reranking
 
-__all__ = [
-    "BatchResult",
-    "EmbeddingEngine",
-    "Output",
-    "ProgressCallback",
-    "call_offset",  # re-exported from truncation / waiting for the adapters
-    "in_thread",
-    "one_report_per_call",
-]
-
-logger = logging.getLogger(__name__)
-
-_NO_CACHE = EmbeddingCache(0)
-
-_MAX_SPECIAL_TOKENS = 8
-"""More special tokens than any tokenizer adds around a text (BOS/CLS, EOS/SEP, ...)."""
+__all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback"]
 
 FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass
-class _Model:
-    """A registered model: its configuration and the pool serving it."""
-
-    config: ModelConfig
-    pool: WorkerPool
-    users: int | None = None
-    """Clients holding it through :meth:`EmbeddingEngine.acquire` (None: loaded explicitly, never auto-unloaded)."""
-
-    @property
-    def ready(self) -> bool:
-        return self.pool.info is not None and not self.pool.stopping.is_set()
-
-
-def _prompt(info: ModelInfo, prompt: str | None, prompt_name: str | None) -> str:
-    """The text put in front of every input: ``prompt``, else the model's prompt named ``prompt_name``; checked
-    like an input and bounded in size (see :func:`~embellama.texts.validate_prompt`)."""
-    if prompt is not None:
-        if not isinstance(prompt, str):
-            raise ConfigurationError(f"prompt must be a string, got {prompt!r}")
-    elif prompt_name is None:
-        return ""
-    elif prompt_name not in info.prompts:
-        raise ConfigurationError(
-            f"model {info.name!r} has no prompt named {prompt_name!r}; its prompts: {sorted(info.prompts)} "
-            "(set ModelConfig(prompts=...) or pass prompt=...)"
-        )
-    else:
-        prompt = info.prompts[prompt_name]
-    return validate_prompt(prompt, limit=info.max_tokens, model_name=info.name) if prompt else ""
-
-
-def _utf8_length(item: Item) -> int:
-    return len(item.encode("utf-8")) if isinstance(item, str) else sum(len(t.encode("utf-8")) for t in item)
-
-
-def _documents(documents: Iterable[str]) -> list[str]:
-    if documents is None or isinstance(documents, (str, bytes)):
-        raise InvalidInputError(f"expected a sequence of documents, got {type(documents).__name__}")
-    return list(documents)
-
-
-def _reranking(rows: FloatArray, documents: list[str], top_n: int | None, normalize: bool) -> Reranking:
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise ConfigurationError(f"top_n must be an integer >= 1 or None, got {top_n!r}")
-    raw = rows[:, 0].astype(np.float64) if len(rows) else np.zeros(0)
-    values = [float(x) for x in (1.0 / (1.0 + np.exp(-raw)) if normalize else raw)]
-    order = sorted(range(len(values)), key=lambda i: -values[i])[:top_n]
-    return Reranking(values, [RankedDocument(i, values[i], documents[i]) for i in order])
-
-
-def _stop_pools(models: dict[str, _Model]) -> None:
-    """Finalizer of an engine dropped while open: ask its workers to stop (they unload on their own threads)."""
-    for model in list(models.values()):
-        model.pool.signal_stop()
 
 
 class EmbeddingEngine:
@@ -127,15 +44,15 @@ class EmbeddingEngine:
         if config is not None and options:
             raise ConfigurationError("pass either an EngineConfig or keyword options, not both")
         self.config = config or EngineConfig(**options)
-        self._models: dict[str, _Model] = {}
-        self._lock = threading.RLock()
-        self._closed = False
-        self._cache = EmbeddingCache(self.config.cache_size, self.config.cache_bytes)
-        self._forked: dict[str, ModelConfig] = {}
-        self._stuck: list[threading.Thread] = []
-        lifecycle.track(self, functools.partial(_stop_pools, self._models))
+        self._registry = ModelRegistry(self.config)
 
-    # ------------------------------------------------------------------ registry
+    @property
+    def registry(self) -> ModelRegistry:
+        """The models behind the engine, for code built on it (clients sharing models with ``acquire`` /
+        ``release``, low-level ``submit``, diagnostics such as ``running_threads``)."""
+        return self._registry
+
+    # ------------------------------------------------------------------ models
     def load_model(self, config: ModelConfig | None = None, /, **options: Any) -> ModelInfo:
         """Load a model and register it under ``config.model_name``; blocks until its workers are ready.
 
@@ -147,124 +64,20 @@ class EmbeddingEngine:
         """
         if config is not None and options:
             raise ConfigurationError("pass either a ModelConfig or keyword options, not both")
-        config = config or ModelConfig(**options)
-        return self._load(config, explicit=True)
-
-    def _load(self, config: ModelConfig, *, explicit: bool) -> ModelInfo:
-        with self._lock:
-            self._check_open()
-            existing = self._models.get(config.name)
-            if existing is not None:
-                state = "loaded" if existing.ready else "loading"
-                raise ConfigurationError(f"a model named {config.name!r} is already {state}")
-            model = _Model(config, self._new_pool(config), users=None if explicit else 0)
-            self._models[config.name] = model
-        try:
-            info = model.pool.start()
-        except BaseException:
-            with self._lock:
-                if self._models.get(config.name) is model:
-                    del self._models[config.name]
-            raise
-        with self._lock:
-            if self._models.get(config.name) is model and not self._closed:
-                logger.info(
-                    "loaded model %r from %s (%.1f MB, %s, %d dims, limit %d tokens, pooling %s, %d x %d threads, %s)",
-                    info.name,
-                    info.path,
-                    info.size_bytes / 1e6,
-                    info.architecture,
-                    info.dimensions,
-                    info.max_tokens,
-                    info.pooling,
-                    info.n_workers,
-                    info.n_threads,
-                    info.isolation,
-                )
-                return info
-        model.pool.stop()
-        if self._closed:
-            raise EngineClosedError(f"the engine was closed while model {config.name!r} was loading")
-        raise EngineClosedError(f"model {config.name!r} was unloaded while it was loading")
-
-    def ensure_model(self, config: ModelConfig) -> str:
-        """Register ``config`` unless a model with the same file and options is loaded; return its name.
-
-        This is how several adapters pointing at one model file share one loaded model.
-        """
-        with self._lock:
-            self._check_open()
-            for name, model in self._models.items():
-                if model.config.replace(model_name=config.name) == config:
-                    return name
-            name, i = config.name, 1
-            while name in self._models:
-                i += 1
-                name = f"{config.name}#{i}"
-            config = config.replace(model_name=name)
-        try:
-            self._load(config, explicit=False)
-        except ConfigurationError:
-            with self._lock:  # another thread registered the same config meanwhile
-                for existing, model in self._models.items():
-                    if model.config.replace(model_name=config.name) == config:
-                        return existing
-            raise
-        return name
-
-    def acquire(self, config: ModelConfig) -> str:
-        """:meth:`ensure_model`, counting the caller as a user; pair with :meth:`release`.
-
-        A model first registered this way is unloaded when its last user releases it (adapters that change options
-        in a notebook do not pile up models); one loaded with :meth:`load_model` stays until unloaded.
-        """
-        while True:
-            name = self.ensure_model(config)
-            with self._lock:
-                model = self._models.get(name)
-                if model is None:  # released and unloaded by another user meanwhile: register again
-                    continue
-                if model.users is not None:
-                    model.users += 1
-                return name
-
-    def release(self, name: str) -> None:
-        """Drop one user of a model taken with :meth:`acquire`; the last one unloads it (never raises)."""
-        with self._lock:
-            model = self._models.get(name)
-            if model is None or model.users is None:
-                return
-            model.users -= 1
-            if model.users > 0 or self._closed:
-                return
-            del self._models[name]
-        logger.info("unloading model %r: no client uses it any more", name)
-        model.pool.stop()
+        return self._registry.load(config or ModelConfig(**options))
 
     def unload_model(self, name: str) -> None:
         """Stop the model's workers and free it; its queued requests fail with ``EngineClosedError``."""
-        with self._lock:
-            model = self._models.pop(name, None)
-            self._forked.pop(name, None)
-        if model is None:
-            raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._models)})")
-        model.pool.stop()
+        self._registry.unload(name)
 
     @property
     def models(self) -> dict[str, ModelInfo]:
         """Loaded models by name."""
-        with self._lock:
-            return {name: m.pool.info for name, m in self._models.items() if m.pool.info is not None}
-
-    def model_config(self, name: str) -> ModelConfig:
-        """The configuration the model ``name`` was loaded with."""
-        return self._serving(name).config
+        return self._registry.models
 
     def model_info(self, name: str) -> ModelInfo:
         """Metadata of the loaded model ``name``."""
-        info = self._serving(name).pool.info
-        assert info is not None
-        return info
+        return self._registry.serving(name).info
 
     # ------------------------------------------------------------------ sync API
     @overload
@@ -307,9 +120,9 @@ class EmbeddingEngine:
             prompt_name: Use the model's named prompt (``"query"``, ``"document"``, ...; see
                 ``ModelInfo.prompts``) when ``prompt`` is not given. Defaults to none.
         """
-        model = self._serving(name)
-        plan = drive(self._plan(model, [text], "raise", single=True, prompt=prompt, prompt_name=prompt_name))
-        return self._run(model, plan, output, None)[0]
+        return Request.embeddings(
+            self._registry, name, [text], output=output, single=True, prompt=prompt, prompt_name=prompt_name
+        ).run()
 
     @overload
     def embed_batch(
@@ -372,9 +185,17 @@ class EmbeddingEngine:
             prompt_name: Use the model's named prompt (``"query"``, ``"document"``, ...; see
                 ``ModelInfo.prompts``) when ``prompt`` is not given. Defaults to none.
         """
-        model = self._serving(name)
-        plan = drive(self._plan(model, texts, on_error, prompt=prompt, prompt_name=prompt_name))
-        return self._run(model, plan, output, progress)
+        request = Request.embeddings(
+            self._registry,
+            name,
+            texts,
+            output=output,
+            progress=progress,
+            on_error=on_error,
+            prompt=prompt,
+            prompt_name=prompt_name,
+        )
+        return request.run()
 
     # ------------------------------------------------------------------ async API
     @overload
@@ -408,9 +229,10 @@ class EmbeddingEngine:
         prompt_name: str | None = None,
     ) -> Any:
         """Async :meth:`embed`: awaits the model thread, never blocks the event loop."""
-        model = self._serving(name)
-        plan = await adrive(self._plan(model, [text], "raise", single=True, prompt=prompt, prompt_name=prompt_name))
-        return (await self._arun(model, plan, output, None))[0]
+        request = Request.embeddings(
+            self._registry, name, [text], output=output, single=True, prompt=prompt, prompt_name=prompt_name
+        )
+        return await request.arun()
 
     @overload
     async def aembed_batch(
@@ -466,9 +288,17 @@ class EmbeddingEngine:
         (tens of thousands of texts) prefer ``output="numpy"``: a list answer creates one Python list per text,
         and the garbage collector's pauses over them can stall the loop for 100 ms or more.
         """
-        model = self._serving(name)
-        plan = await adrive(self._plan(model, texts, on_error, prompt=prompt, prompt_name=prompt_name))
-        return await self._arun(model, plan, output, progress)
+        request = Request.embeddings(
+            self._registry,
+            name,
+            texts,
+            output=output,
+            progress=progress,
+            on_error=on_error,
+            prompt=prompt,
+            prompt_name=prompt_name,
+        )
+        return await request.arun()
 
     # ------------------------------------------------------------------ reranking
     def rerank(
@@ -493,11 +323,10 @@ class EmbeddingEngine:
         Returns:
             :class:`~embellama.types.Reranking`: ``scores`` in document order and ``top`` sorted by score.
         """
-        model = self._serving(name)
-        documents = _documents(documents)
-        plan = drive(self._plan_pairs(model, query, documents))
-        rows = self._run(model, plan, "numpy", None)
-        return _reranking(rows, documents, top_n, normalize)
+        result: Reranking = Request.pairs(
+            self._registry, name, query, documents, top_n=top_n, normalize=normalize
+        ).run()
+        return result
 
     async def arerank(
         self,
@@ -509,12 +338,11 @@ class EmbeddingEngine:
         normalize: bool = False,
     ) -> Reranking:
         """Async :meth:`rerank`: awaits the model thread, never blocks the event loop."""
-        model = self._serving(name)
-        documents = _documents(documents)
-        plan = await adrive(self._plan_pairs(model, query, documents))
-        rows = await self._arun(model, plan, "numpy", None)
-        return _reranking(rows, documents, top_n, normalize)
+        request = Request.pairs(self._registry, name, query, documents, top_n=top_n, normalize=normalize)
+        result: Reranking = await request.arun()
+        return result
 
+    # ------------------------------------------------------------------ tokens and usage
     async def aembed_with_usage(
         self,
         name: str,
@@ -525,10 +353,11 @@ class EmbeddingEngine:
     ) -> tuple[FloatArray, int]:
         """:meth:`aembed_batch` (numpy output) and the request's token count, from the same pass (a server's
         ``usage``; answers from the cache count the tokens remembered with them)."""
-        model = self._serving(name)
-        plan = await adrive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name))
-        rows = await self._arun(model, plan, "numpy", None)
-        return rows, plan.tokens
+        request = Request.embeddings(
+            self._registry, name, texts, output="numpy", prompt=prompt, prompt_name=prompt_name
+        )
+        rows: FloatArray = await request.arun()
+        return rows, request.tokens
 
     def count_tokens(
         self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
@@ -537,37 +366,29 @@ class EmbeddingEngine:
 
         Tokenizes on the model's workers (no decode); raises ``InvalidInputError`` as embedding would.
         """
-        model = self._serving(name)
-        plan = drive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
-        return checked_tokens(plan, plan.chunks, wait_jobs(self._submit(model, plan, check_only=True), None))
+        count: int = Request.embeddings(
+            self._registry, name, texts, prompt=prompt, prompt_name=prompt_name, count_only=True
+        ).run()
+        return count
 
     async def acount_tokens(
         self, name: str, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
     ) -> int:
         """Async :meth:`count_tokens`."""
-        model = self._serving(name)
-        plan = await adrive(self._plan(model, texts, "raise", prompt=prompt, prompt_name=prompt_name, cached=False))
-        results = await await_jobs(self._submit(model, plan, check_only=True), None)
-        return checked_tokens(plan, plan.chunks, results)
+        request = Request.embeddings(
+            self._registry, name, texts, prompt=prompt, prompt_name=prompt_name, count_only=True
+        )
+        count: int = await request.arun()
+        return count
 
-    def submit(self, name: str, texts: Sequence[str], *, collect_errors: bool = False) -> Future[JobResult]:
-        """Low-level: queue ``texts`` as one job (no cache, no chunking) and return its future.
-
-        Raises:
-            InvalidInputError: a text is not a ``str`` UTF-8 can encode (``collect_errors`` covers only errors
-                found by the model, such as over-long texts).
-        """
-        job = Job([validate_text(t, i) for i, t in enumerate(texts)], collect_errors)
-        self._serving(name).pool.put(job)
-        return job.future
-
+    # ------------------------------------------------------------------ diagnostics and cache
     def worker_pids(self, name: str) -> list[int | None]:
         """Diagnostics: the process id serving each worker of model ``name``.
 
         With ``isolation="process"`` these are the child processes (None while a crashed child awaits restart);
         otherwise every entry is this process's id.
         """
-        return self._serving(name).pool.pids()
+        return self._registry.worker_pids(name)
 
     def model_health(self, name: str, *, revive: bool = False) -> ModelHealth:
         """Diagnostics: the state of each worker of model ``name`` (live or not, crashes, restarts, last error).
@@ -577,25 +398,21 @@ class EmbeddingEngine:
             revive: Queue a check-only request for each dead worker, so a lost child process is restarted without
                 waiting for a client's request. Defaults to False.
         """
-        model = self._serving(name)
-        health = ModelHealth(name, tuple(model.pool.health()))
-        if revive and health.live < len(health.workers):
-            model.pool.revive()
-        return health
+        return self._registry.model_health(name, revive=revive)
 
-    # ------------------------------------------------------------------ cache & lifecycle
     def cache_stats(self) -> CacheStats:
         """Hit/miss counters of the embedding cache."""
-        return self._cache.stats()
+        return self._registry.cache.stats()
 
     def clear_cache(self) -> None:
         """Empty the embedding cache."""
-        self._cache.clear()
+        self._registry.cache.clear()
 
+    # ------------------------------------------------------------------ lifecycle
     @property
     def is_closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._closed
+        return self._registry.closed
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Unload every model and stop every worker (idempotent). Queued requests get ``EngineClosedError``.
@@ -605,22 +422,7 @@ class EmbeddingEngine:
                 worker still running then has its child killed; an in-process decode cannot be interrupted and
                 its worker exits when the decode returns. Defaults to 30.
         """
-        with self._lock:
-            self._closed = True
-            models = list(self._models.values())
-            self._models.clear()
-            self._forked.clear()
-        for model in models:
-            model.pool.signal_stop()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for model in models:
-            model.pool.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._stuck = [w for m in models for w in m.pool.join(0)]
-        lifecycle.untrack(self)
-
-    def running_threads(self) -> list[threading.Thread]:
-        """Worker threads still inside a native call after :meth:`close` returned (normally none)."""
-        return [t for t in self._stuck if t.is_alive()]
+        self._registry.close(timeout)
 
     async def aclose(self) -> None:
         """Async :meth:`close`: joins the workers on a helper thread, not on the event loop."""
@@ -645,7 +447,7 @@ class EmbeddingEngine:
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"models={sorted(self._models)}"
+        state = "closed" if self.is_closed else f"models={self._registry.names()}"
         return f"<EmbeddingEngine {state}>"
 
     def __copy__(self) -> EmbeddingEngine:
@@ -660,134 +462,7 @@ class EmbeddingEngine:
             "processes should name a model_path (they then use that process's shared engine)"
         )
 
-    def after_fork_in_child(self) -> None:
-        """In a child made by ``os.fork()``: forget the parent's workers; each model reloads on its next request."""
-        self._lock = threading.RLock()
-        self._cache.after_fork_in_child()
-        for name, model in self._models.items():
-            model.pool.forget_after_fork()
-            if model.pool.info is not None:
-                self._forked[name] = model.config
-        self._models.clear()
-        self._stuck = []
-
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
-        if self._closed:
+        if self.is_closed:
             raise EngineClosedError("the engine is closed")
-
-    def _new_pool(self, config: ModelConfig) -> WorkerPool:
-        return WorkerPool(config.name, config.n_workers, backend_factory(config), config.max_texts_per_decode)
-
-    def _serving(self, name: str) -> _Model:
-        """The model serving ``name`` now (reloaded first in a forked child)."""
-        with self._lock:
-            self._check_open()
-            model = self._models.get(name)
-            forked = self._forked.pop(name, None) if model is None else None
-        if forked is not None:
-            self.load_model(forked)
-            return self._serving(name)
-        if model is None:
-            raise ModelNotFoundError(f"no model named {name!r} is loaded (loaded: {sorted(self._models)})")
-        if model.pool.info is None:
-            raise ModelNotFoundError(f"model {name!r} is still loading; wait for load_model() to return")
-        return model
-
-    def _plan(
-        self,
-        model: _Model,
-        texts: Iterable[str],
-        on_error: OnError,
-        *,
-        single: bool = False,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-        cached: bool = True,
-    ) -> Steps:
-        info = model.pool.info
-        assert info is not None
-        if info.kind == "reranker":
-            raise ConfigurationError(
-                f"model {info.name!r} is a reranker: score (query, document) pairs with rerank(), not embed()"
-            )
-        return plan_request(
-            texts,
-            identity=(info.fingerprint, model.config.output_options()),
-            dims=info.dimensions,
-            cache=self._cache if cached else _NO_CACHE,
-            on_error=on_error,
-            n_workers=model.config.n_workers,
-            most=self.config.chunk_size,
-            least=model.config.max_texts_per_decode,
-            single=single,
-            prompt=_prompt(info, prompt, prompt_name),
-        )
-
-    def _plan_pairs(self, model: _Model, query: str, documents: list[str]) -> Steps:
-        info = model.pool.info
-        assert info is not None
-        if info.kind != "reranker":
-            raise ConfigurationError(
-                f"model {info.name!r} is an embedding model; rerank() needs a reranker (a GGUF with a "
-                "classification head, or pooling='rank')"
-            )
-        query = validate_prompt(query, limit=info.max_tokens, model_name=info.name, subject="query")
-        return plan_request(
-            documents,
-            identity=(info.fingerprint, model.config.output_options()),
-            dims=info.dimensions,
-            cache=self._cache,
-            on_error="raise",
-            n_workers=model.config.n_workers,
-            most=self.config.chunk_size,
-            least=model.config.max_texts_per_decode,
-            pair_with=query,
-        )
-
-    def _submit(
-        self, model: _Model, plan: Plan, chunks: list[list[int]] | None = None, *, check_only: bool = False
-    ) -> list[Future[JobResult]]:
-        futures = []
-        for chunk in plan.chunks if chunks is None else chunks:
-            texts = [plan.texts[i] for i in chunk]
-            job = Job(texts, plan.collect, plan.job_indices(chunk), check_only=check_only, prompt=plan.prompt)
-            futures.append(job.future)
-            model.pool.put(job)
-        return futures
-
-    @staticmethod
-    def _report(model: _Model, plan: Plan) -> None:
-        info = model.pool.info
-        report_truncation(plan, model.config.name, info.max_tokens if info is not None else 0)
-
-    def _to_check(self, model: _Model, plan: Plan) -> list[list[int]]:
-        """Strict mode checks a whole request before embedding any of it (``truncate=False``, ``on_error="raise"``,
-        several jobs: one job is always checked whole before its first decode). Only texts that might exceed the
-        limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus the special tokens."""
-        info = model.pool.info
-        if model.config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
-            return []
-        fits = info.max_tokens - _MAX_SPECIAL_TOKENS - len(plan.prompt.encode("utf-8"))
-        suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]
-        return split(suspects, model.config.n_workers, self.config.chunk_size, model.config.max_texts_per_decode)
-
-    def _run(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
-        check = self._to_check(model, plan)
-        if check:
-            wait_jobs(self._submit(model, plan, check, check_only=True), None)
-        futures = self._submit(model, plan)
-        results = wait_jobs(futures, Progress(plan, futures, progress))
-        answer = drive(assemble(plan, results, output, self._cache))
-        self._report(model, plan)
-        return answer
-
-    async def _arun(self, model: _Model, plan: Plan, output: Output, progress: ProgressCallback | None) -> Any:
-        check = self._to_check(model, plan)
-        if check:
-            await await_jobs(self._submit(model, plan, check, check_only=True), None)
-        futures = self._submit(model, plan)
-        results = await await_jobs(futures, Progress(plan, futures, progress))
-        answer = await adrive(assemble(plan, results, output, self._cache))
-        self._report(model, plan)
-        return answer

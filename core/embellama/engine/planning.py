@@ -3,9 +3,9 @@
 :func:`plan_request` validates every text once (absolute indices from the start), answers what it can from the
 cache, gives identical texts one slot (they share one vector), and cuts the rest into even chunks, one share per
 worker. :func:`assemble` puts the workers' rows back in order, fills the cache and builds the output. Both are
-generators that yield every :data:`SLICE` texts: the sync API drives them straight through, the async API awaits
-between slices so a 20,000-text request never stalls the event loop (the same code serves both, as httpx's auth
-flows do).
+generators that yield every :data:`SLICE` texts, steps of a request (:mod:`embellama.engine.request`): the sync API
+drives them straight through, the async API lets the event loop run between slices so a 20,000-text request never
+stalls it (the same code serves both, as httpx's auth flows do).
 
 Nothing here builds ``prompt + text``: the prompt travels once per job and the model joins it as it tokenizes. A
 text is known to the cache (and to duplicate detection) by a 32-byte BLAKE2b digest of the model identity, the
@@ -34,7 +34,6 @@ __all__ = [
     "Plan",
     "assemble",
     "checked_tokens",
-    "drive",
     "key_prefix",
     "plan_request",
     "split",
@@ -98,15 +97,6 @@ class Plan:
     def job_indices(self, chunk: list[int]) -> list[int | None]:
         """The index each text of ``chunk`` reports in errors."""
         return [None] * len(chunk) if self.single else list(chunk)
-
-
-def drive(steps: Steps) -> Any:
-    """Run a planning generator to its end in one go; return its value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
 
 
 def key_prefix(identity: Hashable, prompt: str = "", pair_with: str | None = None) -> Any:
