@@ -3,15 +3,19 @@
 One ``EmbellamaEmbeddings(model_path=...).embed_documents([...])`` call on a cache miss (the model is loaded and
 warmed by an earlier call, so loading is not counted) is traced with :func:`sys.setprofile` and
 :func:`threading.setprofile`; every Python frame whose file lies under ``core/embellama`` or
-``embellama_integrations`` names its module. Run it with ``python -m benchmarks.call_path [--out FILE]``.
+``embellama_integrations`` names its module, and calls from one such module into another are counted (a face that
+calls down many times is one the call keeps climbing back into). Run it with
+``python -m benchmarks.call_path [--out FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TRACED = (ROOT / "core" / "embellama", ROOT / "embellama_integrations")
-"""Folders whose modules count (the package and its framework adapters)."""
+TRACED = ("embellama", "embellama_integrations")
+"""Packages whose modules count (the core and its framework adapters), wherever they are imported from."""
 
 
 @dataclass
@@ -30,6 +33,8 @@ class CallPath:
 
     modules: dict[str, set[str]] = field(default_factory=dict)
     """Module name -> names of the threads it ran on."""
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(caller module, called module) -> calls from one embellama module into another."""
 
     @property
     def threads(self) -> set[str]:
@@ -41,16 +46,27 @@ class CallPath:
         rows = [f"{name}  [{', '.join(sorted(threads))}]" for name, threads in sorted(self.modules.items())]
         rows.append(f"modules: {len(self.modules)}")
         rows.append(f"threads: {len(self.threads)}")
+        rows.append("calls between modules (caller -> called: count):")
+        rows += [f"  {a} -> {b}: {n}" for (a, b), n in sorted(self.calls.items())]
         return rows
 
+    def calls_from(self, module: str) -> int:
+        """Calls ``module`` made into other embellama modules (each one a trip down and back up)."""
+        return sum(n for (caller, _), n in self.calls.items() if caller == module)
 
-def _module(filename: str, cache: dict[str, str | None]) -> str | None:
+
+def _roots() -> list[Path]:
+    """The folders of the traced packages, as imported."""
+    return [Path(importlib.import_module(name).__file__ or "").resolve().parent for name in TRACED]
+
+
+def _module(filename: str, roots: list[Path], cache: dict[str, str | None]) -> str | None:
     """The dotted module name of an embellama source file, or None for any other file."""
     if filename in cache:
         return cache[filename]
     name = None
-    path = Path(filename)
-    for top in TRACED:
+    path = Path(filename).resolve()
+    for top in roots:
         if path.is_relative_to(top):
             parts = path.relative_to(top.parent).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -69,23 +85,30 @@ def profiling() -> Iterator[Callable[[Callable[[], Any]], CallPath]]:
     """
     recording = threading.Event()
     path = CallPath()
+    roots = _roots()
     cache: dict[str, str | None] = {}
 
     def hook(frame: FrameType, event: str, _arg: Any) -> None:
         if event != "call" or not recording.is_set():
             return
-        name = _module(frame.f_code.co_filename, cache)
-        if name is not None:
-            path.modules.setdefault(name, set()).add(threading.current_thread().name)
+        name = _module(frame.f_code.co_filename, roots, cache)
+        if name is None:
+            return
+        path.modules.setdefault(name, set()).add(threading.current_thread().name)
+        caller = frame.f_back
+        called_from = None if caller is None else _module(caller.f_code.co_filename, roots, cache)
+        if called_from is not None and called_from != name:
+            path.calls[called_from, name] += 1
 
     def trace(fn: Callable[[], Any]) -> CallPath:
         path.modules.clear()
+        path.calls.clear()
         recording.set()
         try:
             fn()
         finally:
             recording.clear()
-        return CallPath({name: set(threads) for name, threads in path.modules.items()})
+        return CallPath({name: set(threads) for name, threads in path.modules.items()}, Counter(path.calls))
 
     threading.setprofile(hook)
     sys.setprofile(hook)

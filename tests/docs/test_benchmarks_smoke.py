@@ -85,3 +85,34 @@ def test_failed_peer_is_reported_not_fatal(tmp_path: Path) -> None:
 def test_command_line_rejects_unknown_options() -> None:
     with pytest.raises(SystemExit):
         main(["--no-such-option"])
+
+
+def test_call_path_traces_embellama_modules_on_every_thread() -> None:
+    """The tracer names the embellama modules that ran, on the threads they ran on, and nothing else."""
+    import threading
+
+    from benchmarks.call_path import profiling
+    from embellama.texts import encode_text
+
+    def on_a_thread() -> None:
+        worker = threading.Thread(target=encode_text, args=("b", 1), name="helper")
+        worker.start()
+        worker.join()
+
+    with profiling() as trace:
+        path = trace(lambda: (encode_text("a", 0), sorted([3, 1])))
+        both = trace(on_a_thread)
+    assert path.modules == {"embellama.texts": {threading.current_thread().name}}
+    assert both.modules == {"embellama.texts": {"helper"}} and both.threads == {"helper"}
+    assert path.lines()[-3:-1] == ["modules: 1", "threads: 1"]
+
+
+def test_call_path_of_a_langchain_call(model_path: Path) -> None:
+    from benchmarks.call_path import measure
+
+    path = measure(model_path, n_texts=2)
+    assert {"embellama_integrations.langchain", "embellama.engine.engine", "embellama.model.native"} <= set(
+        path.modules
+    )
+    assert len(path.threads) == 2  # the caller's and one worker's
+    assert path.calls_from("embellama.engine.engine") <= path.calls_from("embellama.engine.request")
