@@ -25,7 +25,7 @@ from embellama.engine.request import ProgressCallback, Request
 from embellama.errors import ConfigurationError, EngineClosedError
 from embellama.types import BatchResult, ModelHealth, ModelInfo, Reranking
 
-__all__ = ["BatchResult", "EmbeddingEngine", "Output", "ProgressCallback"]
+__all__ = ["EmbeddingEngine"]
 
 FloatArray = npt.NDArray[np.float32]
 
