@@ -142,7 +142,7 @@ def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, 
     backend = iso.registry.serving(NAME).pool.workers[0].backend
     assert isinstance(backend, ProcessBackend)
     crashes = backend.crashes
-    poison = iso.submit(NAME, [ABORT])
+    poison = iso.registry.submit(NAME, [ABORT])
     with pytest.raises(ModelCrashedError, match="SIGABRT") as info:
         poison.result(timeout=120)
     assert NAME in str(info.value) and str(before) in str(info.value)
@@ -155,9 +155,9 @@ def test_ggml_assert_in_child_becomes_model_crashed_error(iso: EmbeddingEngine, 
 
 def test_requests_in_flight_with_a_crash_all_fail_typed(iso: EmbeddingEngine) -> None:
     """Jobs coalesced into the crashing round fail with ModelCrashedError; none hangs."""
-    busy = iso.submit(NAME, [f"warm {i}" for i in range(40)])
-    batch = [iso.submit(NAME, [f"bystander {i}"]) for i in range(5)]
-    poison = iso.submit(NAME, [ABORT])
+    busy = iso.registry.submit(NAME, [f"warm {i}" for i in range(40)])
+    batch = [iso.registry.submit(NAME, [f"bystander {i}"]) for i in range(5)]
+    poison = iso.registry.submit(NAME, [ABORT])
     outcomes: list[Any] = []
     for f in [busy, *batch, poison]:
         try:
