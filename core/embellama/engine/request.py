@@ -120,18 +120,9 @@ class Request:
             raise ConfigurationError(
                 f"model {info.name!r} is a reranker: score (query, document) pairs with rerank(), not embed()"
             )
-        planning = plan_request(
-            texts,
-            identity=(info.fingerprint, model.config.output_options()),
-            dims=info.dimensions,
-            cache=_NO_CACHE if count_only else registry.cache,
-            on_error=on_error,
-            n_workers=model.config.n_workers,
-            most=registry.config.chunk_size,
-            least=model.config.max_texts_per_decode,
-            single=single,
-            prompt=_prompt(info, prompt, prompt_name),
-        )
+        prompt = _prompt(info, prompt, prompt_name)
+        cache = _NO_CACHE if count_only else registry.cache
+        planning = _planning(registry, model, texts, cache, on_error=on_error, single=single, prompt=prompt)
         finish = _first if single else None
         return cls(
             model,
@@ -172,17 +163,7 @@ class Request:
                 "classification head, or pooling='rank')"
             )
         query = validate_prompt(query, limit=info.max_tokens, model_name=info.name, subject="query")
-        planning = plan_request(
-            documents,
-            identity=(info.fingerprint, model.config.output_options()),
-            dims=info.dimensions,
-            cache=registry.cache,
-            on_error="raise",
-            n_workers=model.config.n_workers,
-            most=registry.config.chunk_size,
-            least=model.config.max_texts_per_decode,
-            pair_with=query,
-        )
+        planning = _planning(registry, model, documents, registry.cache, pair_with=query)
         finish = functools.partial(_reranking, documents=documents, top_n=top_n, normalize=normalize)
         return cls(model, registry.cache, registry.config.chunk_size, planning, output="numpy", finish=finish)
 
@@ -255,6 +236,35 @@ class Request:
         fits = self.model.info.max_tokens - _MAX_SPECIAL_TOKENS - len(plan.prompt.encode("utf-8"))
         suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]
         return split(suspects, config.n_workers, self.chunk_size, config.max_texts_per_decode)
+
+
+def _planning(
+    registry: ModelRegistry,
+    model: ServedModel,
+    texts: Iterable[str],
+    cache: EmbeddingCache,
+    *,
+    on_error: OnError = "raise",
+    single: bool = False,
+    prompt: str = "",
+    pair_with: str | None = None,
+) -> Steps:
+    """The plan's generator for ``texts`` on ``model``: keyed by the model's identity and output options, cut into
+    jobs of at most the engine's chunk size and at least one decode's worth."""
+    info = model.info
+    return plan_request(
+        texts,
+        identity=(info.fingerprint, model.config.output_options()),
+        dims=info.dimensions,
+        cache=cache,
+        on_error=on_error,
+        n_workers=model.config.n_workers,
+        most=registry.config.chunk_size,
+        least=model.config.max_texts_per_decode,
+        single=single,
+        prompt=prompt,
+        pair_with=pair_with,
+    )
 
 
 def _first(rows: Any) -> Any:
