@@ -399,21 +399,6 @@ class EmbeddingModel:
         return self._wordpiece_tokenizer
 
     # ----------------------------------------------------------------- the model contract
-    def prepare(self, text: str, index: int | None = None) -> npt.NDArray[np.int32]:
-        """Tokenize one (already validated) text, applying the truncation policy.
-
-        Args:
-            text: A ``str`` (see :func:`embellama.texts.validate_text`).
-            index: Position to name in errors. Defaults to none (the scheduler adds the caller's index).
-
-        Raises:
-            InvalidInputError: empty after tokenization, or over the limit with ``truncate=False``.
-        """
-        try:
-            return self.prepare_input(text).tokens
-        except InvalidInputError as exc:
-            raise exc.at_index(index) if index is not None else exc from None
-
     def check_prompt(self, prompt: str) -> None:
         """Refuse a prompt that alone reaches the input limit (it would leave no room for any text: in strict mode
         every text would fail, cut every text would embed as the prompt alone).
@@ -606,7 +591,7 @@ class EmbeddingModel:
         return outcome.vectors
 
     def embed_tokens(self, sequences: Sequence[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order."""
+        """Embed already-prepared token sequences (see :meth:`prepare_input`); rows follow the input order."""
         self._require()
         out = np.empty((len(sequences), self._n_embd), dtype=np.float32)
         for group in self.plan([len(s) for s in sequences]):
