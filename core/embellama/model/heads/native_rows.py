@@ -16,6 +16,7 @@ class NativePooledRows:
     what = "embedding"
     """What a row is, for the error naming a missing one."""
     unit = "sequence"
+    """What a row belongs to, for the same error."""
 
     def __init__(self, width: int) -> None:
         self.width = width
