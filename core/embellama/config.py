@@ -22,6 +22,7 @@ __all__ = [
     "EngineConfig",
     "Isolation",
     "ModelConfig",
+    "Normalization",
     "Pooling",
     "default_thread_count",
     "default_worker_count",
@@ -34,6 +35,8 @@ LLAMA_MAX_SEQ = 256
 
 Isolation = Literal["thread", "process"]
 LongTextMode = Literal["raise", "truncate", "mean"]
+Normalization = Literal["l2", "max_abs", "p_norm", "none"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("l2", "max_abs", "p_norm", "none")
 
 
 class Pooling(str, Enum):
@@ -145,7 +148,16 @@ class ModelConfig:
     own."""
 
     normalize: bool = True
-    """L2-normalize each vector. Defaults to True."""
+    """Normalize each vector (L2 unless ``normalization`` says otherwise); False returns them as pooled. Defaults to
+    True."""
+
+    normalization: Normalization = "l2"
+    """How vectors are normalized when ``normalize`` is True (llama.cpp's ``--embd-normalize``): ``"l2"``
+    (Euclidean length 1), ``"max_abs"`` (largest component ±32760, the int16 range), ``"p_norm"`` (p-norm 1, p
+    from ``norm_p``) or ``"none"``. A zero vector stays zero. Defaults to ``"l2"``."""
+
+    norm_p: float = 2.0
+    """The p of ``normalization="p_norm"``: vectors are divided by ``(sum |x|^p)^(1/p)``. Defaults to 2.0."""
 
     dimensions: int | None = None
     """Matryoshka truncation: keep the first N dimensions (then re-normalize if ``normalize``). Defaults to all."""
@@ -270,11 +282,29 @@ class ModelConfig:
             ):
                 raise ConfigurationError(f"prompts must map prompt names to strings, got {self.prompts!r}")
             object.__setattr__(self, "prompts", dict(self.prompts))
+        self._check_normalization()
         if self.add_eos is not None and not isinstance(self.add_eos, bool):
             raise ConfigurationError(f"add_eos must be a bool or None, got {self.add_eos!r}")
         for flag in ("normalize", "truncate", "use_mmap", "flash_attn", "verbose"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+
+    def _check_normalization(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigurationError(
+                "normalization must be one of "
+                + ", ".join(repr(m) for m in NORMALIZATIONS)
+                + f", got {self.normalization!r}"
+            )
+        p = self.norm_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < float("inf"):
+            raise ConfigurationError(f"norm_p must be a finite number > 0, got {p!r}")
+        object.__setattr__(self, "norm_p", float(p))
+        if not self.normalize and self.normalization not in ("l2", "none"):
+            raise ConfigurationError(
+                f"normalization={self.normalization!r} contradicts normalize=False (no normalization); "
+                "pass normalize=True, or normalization='none'"
+            )
 
     @property
     def name(self) -> str:

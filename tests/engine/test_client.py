@@ -156,8 +156,16 @@ def test_namespace_is_stable_and_tracks_output_options(model_path: Path, engine:
         EmbeddingClient(model_path, pooling="cls").namespace,
         EmbeddingClient(model_path, truncate=True).namespace,
         EmbeddingClient(model_path, document_instruction="passage: ").namespace,
+        EmbeddingClient(model_path, normalization="max_abs").namespace,
+        EmbeddingClient(model_path, normalization="p_norm", norm_p=3.0).namespace,
+        EmbeddingClient(model_path, normalization="p_norm", norm_p=1.0).namespace,
     }
-    assert base not in variants and len(variants) == 5
+    assert base not in variants and len(variants) == 8
+    assert EmbeddingClient(model_path, normalization="l2").namespace == base  # the default mode, spelled out
+    assert (
+        EmbeddingClient(model_path, normalization="none").namespace
+        == EmbeddingClient(model_path, normalize=False).namespace
+    )
     registered = EmbeddingClient(engine=engine, model_name=MODEL_NAME).namespace
     assert engine.model_info(MODEL_NAME).fingerprint in registered
     assert EmbeddingClient().namespace == base  # default model resolves to the same file

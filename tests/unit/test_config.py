@@ -51,6 +51,15 @@ def test_unknown_pooling_lists_valid_values() -> None:
         ({"isolation": "container"}, "isolation"),
         ({"crash_retries": -1}, "crash_retries"),
         ({"normalize": "yes"}, "normalize"),
+        ({"normalization": "l1"}, "normalization must be one of 'l2', 'max_abs', 'p_norm', 'none', got 'l1'"),
+        ({"normalization": "p_norm", "norm_p": 0.0}, "norm_p"),
+        ({"normalization": "p_norm", "norm_p": -2}, "norm_p"),
+        ({"normalization": "p_norm", "norm_p": float("inf")}, "norm_p"),
+        ({"normalization": "p_norm", "norm_p": float("nan")}, "norm_p"),
+        ({"normalization": "p_norm", "norm_p": "3"}, "norm_p"),
+        ({"normalization": "p_norm", "norm_p": True}, "norm_p"),
+        ({"normalize": False, "normalization": "max_abs"}, "normalization='max_abs' contradicts normalize=False"),
+        ({"normalize": False, "normalization": "p_norm"}, "normalization='p_norm' contradicts normalize=False"),
         # llama.cpp aborts (GGML_ASSERT) when n_ubatch < n_seq_max with pooling
         ({"batch_tokens": 4, "max_texts_per_decode": 8}, "n_ubatch < n_seq_max"),
     ],
@@ -59,6 +68,14 @@ def test_invalid_values_raise_configuration_error(changes: dict[str, Any], messa
     options: dict[str, Any] = {"model_path": "m.gguf", **changes}
     with pytest.raises(ConfigurationError, match=message):
         ModelConfig(**options)
+
+
+def test_normalization_options() -> None:
+    cfg = ModelConfig(model_path="m.gguf")
+    assert (cfg.normalize, cfg.normalization, cfg.norm_p) == (True, "l2", 2.0)
+    assert ModelConfig(model_path="m.gguf", normalization="p_norm", norm_p=3).norm_p == 3.0  # stored as a float
+    for mode in ("l2", "none"):  # consistent with no normalization
+        assert not ModelConfig(model_path="m.gguf", normalize=False, normalization=mode).normalize
 
 
 def test_configuration_error_is_a_value_error() -> None:

@@ -258,14 +258,14 @@ class EmbeddingClient(FromPretrained):
         else:
             engine, name = self.ensure_loaded()
             config = engine.model_config(name)
-        pooling, normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
+        pooling, _normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
         prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
         parts = [
             "embellama",
             _SAFE.sub("_", config.name),
             file_fingerprint(config.model_path),
             str(pooling),
-            f"norm{int(normalize)}",
+            _norm_part(config),
             f"dims{dims or 'all'}",
             f"long-{long_texts}",
             f"eos{'-model' if add_eos is None else int(add_eos)}",
@@ -485,6 +485,16 @@ class _OuterBar:
 
 
 _OUTER_BAR: ContextVar[_OuterBar | None] = ContextVar("embellama_outer_progress", default=None)
+
+
+def _norm_part(config: ModelConfig) -> str:
+    """The namespace part naming how vectors are normalized: ``norm1`` (L2) and ``norm0`` (none) as before the
+    other modes existed, so namespaces already in use stay the same."""
+    if not config.normalize or config.normalization == "none":
+        return "norm0"
+    if config.normalization == "p_norm":
+        return f"norm-p{config.norm_p!r}"
+    return "norm1" if config.normalization == "l2" else f"norm-{config.normalization}"
 
 
 def _default_model_file() -> Path:

@@ -713,7 +713,7 @@ class EmbeddingEngine:
             )
         return plan_request(
             texts,
-            identity=(info.fingerprint, model.config.output_options()),
+            identity=(info.fingerprint, model.config.output_options(), model.config.normalization, model.config.norm_p),
             dims=info.dimensions,
             cache=self._cache if cached else _NO_CACHE,
             on_error=on_error,
@@ -735,7 +735,7 @@ class EmbeddingEngine:
         query = validate_prompt(query, limit=info.max_tokens, model_name=info.name, subject="query")
         return plan_request(
             documents,
-            identity=(info.fingerprint, model.config.output_options()),
+            identity=(info.fingerprint, model.config.output_options(), model.config.normalization, model.config.norm_p),
             dims=info.dimensions,
             cache=self._cache,
             on_error="raise",
