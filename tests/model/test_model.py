@@ -68,7 +68,7 @@ def test_truncation_policy(model_path: Path) -> None:
         err = info.value
         assert (err.index, err.n_tokens, err.limit) == (7, 402, 256)
         assert "402 tokens" in str(err) and "256" in str(err) and "index 7" in str(err)
-    with EmbeddingModel(ModelConfig(model_path=model_path, truncate=True)) as lenient:
+    with EmbeddingModel(ModelConfig(model_path=model_path, long_text_mode="truncate")) as lenient:
         tokens = lenient.prepare(long_text)
         assert len(tokens) == 256 and tokens[0] == 101 and tokens[-1] == 102  # [SEP] kept
         cut = lenient.embed([long_text])
