@@ -18,13 +18,16 @@ from typing import Any
 from .snippets import interleave, publish, run_snippet
 
 _CHILD = r"""
-import json, statistics, sys, time
+import dataclasses, json, statistics, sys, time
 from embellama import EmbeddingEngine, ModelConfig, default_model_path
 from benchmarks.workloads import make_texts
 short = make_texts(512, 14, seed=1)
 long = make_texts(64, 190, seed=2)
+# trees before long_text_mode replaced it (0.1.0) cut long texts with truncate=True
+names = {f.name for f in dataclasses.fields(ModelConfig)}
+cut = {"truncate": True} if "truncate" in names else {"long_text_mode": "truncate"}
 with EmbeddingEngine(cache_size=0) as engine:
-    engine.load_model(ModelConfig(model_path=default_model_path(build=False), model_name="m", truncate=True))
+    engine.load_model(ModelConfig(model_path=default_model_path(build=False), model_name="m", **cut))
     engine.embed_batch("m", short[:64])
     out = {}
     t0 = time.perf_counter(); engine.embed_batch("m", short); out["short"] = len(short) / (time.perf_counter() - t0)

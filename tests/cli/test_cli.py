@@ -150,7 +150,8 @@ def test_cli_long_lines_in_process(tmp_path: Path, model_path: Path, capsys: pyt
     assert main(["embed", str(src), "-o", str(out), "-m", str(model_path), "--long-text-mode", "mean"]) == 0
     assert capsys.readouterr().err == ""  # averaged chunks: nothing was cut
     mean = [json.loads(line)["embedding"] for line in out.read_text().splitlines()]
-    assert np.allclose(mean[0], cut[0], atol=1e-6) and not np.allclose(mean[2], cut[2], atol=1e-3)
+    cosines = (np.asarray(mean) * np.asarray(cut)).sum(axis=1)
+    assert cosines[0] > 0.9999 and cosines[1] < 0.998 and cosines[2] < 0.998  # only the long lines changed
 
 
 def test_cli_long_text_mode_flags_are_one_option() -> None:
