@@ -396,14 +396,21 @@ def _model_options() -> dict[str, Any]:
 
 MODEL_OPTIONS: dict[str, Any] = _model_options()
 """Every option of :class:`ModelConfig` besides the file and the name, with its default (``None`` where the
-default is computed, e.g. ``n_workers``). Adapters take exactly these, so options are declared once, here."""
+default is computed, e.g. ``n_workers``): the keywords :class:`~embellama.engine.client.EmbeddingClient` and the
+ingest workers take. The LangChain and LlamaIndex adapters write the same options out as typed fields (a test keeps
+them equal to these fields)."""
 
 
 def option_docs(config: type[ModelConfig | EngineConfig] = ModelConfig) -> dict[str, str]:
     """The documentation of each option of ``config`` (:class:`ModelConfig` or :class:`EngineConfig`), declared
     with its field as ``metadata["doc"]``, on one line: the docs' options table and the adapters' field
     descriptions are made from it."""
-    return {f.name: " ".join(f.metadata["doc"].split()) for f in dataclasses.fields(config)}
+    docs = {}
+    for f in dataclasses.fields(config):
+        if "doc" not in f.metadata:  # a developer's slip: fail at import, naming the field
+            raise TypeError(f"{config.__name__}.{f.name} declares no field(metadata={{'doc': ...}})")
+        docs[f.name] = " ".join(f.metadata["doc"].split())
+    return docs
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ModelConfig))

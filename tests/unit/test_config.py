@@ -145,3 +145,12 @@ def test_option_docs_are_declared_with_the_fields() -> None:
             assert docs[f.name] == " ".join(f.metadata["doc"].split()) and len(docs[f.name]) > 10
     assert option_docs()["long_text_mode"].startswith("What happens to a text over the input limit")
     assert "Defaults to 64" in option_docs(EngineConfig)["chunk_size"]
+
+    @dataclasses.dataclass
+    class Undocumented:
+        documented: int = dataclasses.field(default=0, metadata={"doc": "Says what it does."})
+        forgotten: int = 0
+        """An attribute docstring is not read (there is no source parsing)."""
+
+    with pytest.raises(TypeError, match=r"Undocumented.forgotten declares no field\(metadata="):
+        option_docs(Undocumented)  # type: ignore[arg-type]
