@@ -71,7 +71,7 @@ def test_truncation_policy(model_path: Path) -> None:
         with pytest.raises(InvalidInputError) as info:
             strict.embed(["a short text", long_text])  # the round names the caller's index
         assert (info.value.index, info.value.n_tokens) == (1, 402) and "index 1" in str(info.value)
-    with EmbeddingModel(ModelConfig(model_path=model_path, truncate=True)) as lenient:
+    with EmbeddingModel(ModelConfig(model_path=model_path, long_text_mode="truncate")) as lenient:
         tokens = lenient.prepare_input(long_text).tokens
         assert len(tokens) == 256 and tokens[0] == 101 and tokens[-1] == 102  # [SEP] kept
         cut = lenient.embed([long_text])

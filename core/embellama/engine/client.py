@@ -113,7 +113,7 @@ class EmbeddingClient(FromPretrained):
             text gets its vector and each bad one ``None``; the errors are in :attr:`last_errors` and logged.
         preload: Load the model now instead of on first use. Defaults to False.
         **model_options: Any :class:`~embellama.config.ModelConfig` option (``pooling``, ``normalize``,
-            ``dimensions``, ``truncate``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
+            ``dimensions``, ``long_text_mode``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
             A keyword of another library (``device``, ``max_length``, ``n_ctx``, ``model_kwargs``, ...) raises,
             naming the embellama equivalent (see :mod:`embellama.migration`).
 
@@ -258,7 +258,7 @@ class EmbeddingClient(FromPretrained):
         else:
             engine, name = self.ensure_loaded()
             config = engine.model_config(name)
-        pooling, _normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
+        pooling, _normalize, dims, max_tokens, long_texts, add_eos = config.output_options()
         prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
         parts = [
             "embellama",

@@ -486,7 +486,8 @@ class EmbeddingEngine:
             name: A loaded reranker's name (``ModelInfo.kind == "reranker"``).
             query: The query (never cut).
             documents: The texts to score; an over-long pair loses the end of its document with
-                ``truncate=True``, else raises ``InvalidInputError`` naming the document's index and token counts.
+                ``long_text_mode="truncate"`` (or ``"mean"``), else raises ``InvalidInputError`` naming the
+                document's index and token counts.
             top_n: How many documents ``Reranking.top`` keeps (by descending score). Defaults to all.
             normalize: Map single-logit scores through a sigmoid to 0..1. Defaults to False (raw head output).
 
@@ -762,11 +763,12 @@ class EmbeddingEngine:
         report_truncation(plan, model.config.name, info.max_tokens if info is not None else 0)
 
     def _to_check(self, model: _Model, plan: Plan) -> list[list[int]]:
-        """Strict mode checks a whole request before embedding any of it (``truncate=False``, ``on_error="raise"``,
-        several jobs: one job is always checked whole before its first decode). Only texts that might exceed the
-        limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus the special tokens."""
+        """Strict mode checks a whole request before embedding any of it (``long_text_mode="raise"``,
+        ``on_error="raise"``, several jobs: one job is always checked whole before its first decode). Only texts that
+        might exceed the limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus the
+        special tokens."""
         info = model.pool.info
-        if model.config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
+        if model.config.long_text_mode != "raise" or plan.collect or len(plan.chunks) < 2 or info is None:
             return []
         fits = info.max_tokens - _MAX_SPECIAL_TOKENS - len(plan.prompt.encode("utf-8"))
         suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]

@@ -103,7 +103,7 @@ class EmbedBatch:
         text_column: Column holding the texts. Defaults to ``"text"``.
         output_column: Column to add with the vectors (fixed-size lists of float32). Defaults to ``"embedding"``.
         id_column: Column that identifies a row; errors name it. Defaults to none (errors name the text).
-        on_error: ``"raise"`` (default): a bad row (not a string, too long with ``truncate=False``) fails the
+        on_error: ``"raise"`` (default): a bad row (not a string, too long with ``long_text_mode="raise"``) fails the
             job, naming it. ``"collect"``: the row is kept with a null vector and its error in
             ``<output_column>_error``.
         document_instruction: Prefix for every text. Defaults to the model family's document prompt, if any.

@@ -436,11 +436,11 @@ class EmbeddingModel:
             raise InvalidInputError("text produces no tokens", model_name=self.config.name)
         if n_tokens <= self._limit:
             return Prepared(np.asarray(tokens, dtype=np.int32), n_tokens)
-        mode = self.config.long_texts
+        mode = self.config.long_text_mode
         if mode == "raise":
             raise InvalidInputError(
                 f"{n_tokens} tokens exceed the model's limit of {self._limit} "
-                "(pass truncate=True to cut long inputs, or long_text_mode='mean' to average their chunks)",
+                "(pass long_text_mode='truncate' to cut long inputs, or long_text_mode='mean' to average their chunks)",
                 n_tokens=n_tokens,
                 limit=self._limit,
                 model_name=self.config.name,
@@ -471,11 +471,11 @@ class EmbeddingModel:
             return Prepared(np.asarray(pair, dtype=np.int32), len(pair))
         _, body, tail = self._split_specials(second)
         room = self._limit - len(first) - len(joiner) - len(tail)
-        if self.config.long_texts == "raise" or room < 1:
+        if self.config.long_text_mode == "raise" or room < 1:
             where = "the query alone" if room < 1 else "the pair"
             raise InvalidInputError(
                 f"{where} has {len(first) if room < 1 else len(pair)} tokens, over the model's limit of "
-                f"{self._limit}" + ("" if room < 1 else " (pass truncate=True to cut the document)"),
+                f"{self._limit}" + ("" if room < 1 else " (pass long_text_mode='truncate' to cut the document)"),
                 n_tokens=len(pair),
                 limit=self._limit,
                 model_name=self.config.name,

@@ -137,7 +137,7 @@ def serve(
         port: TCP port. Defaults to 8000.
         api_key: Require ``Authorization: Bearer <api_key>``; checked before any model loads.
         limits: Request, connection, timeout and drain limits. Defaults to :class:`ServerLimits`.
-        **model_options: ``ModelConfig`` options for every model (``truncate``, ``n_workers``, ...).
+        **model_options: ``ModelConfig`` options for every model (``long_text_mode``, ``n_workers``, ...).
     """
     from embellama.config import ModelConfig
 
