@@ -205,10 +205,10 @@ class ModelConfig:
         metadata={
             "doc": """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Raised at load to the
             input limit when that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on
-            CPU, 2048 with layers offloaded to a GPU (``n_gpu_layers != 0``). On CPU llama.cpp keeps a
-            vocabulary-sized output row per token of the largest decode (31 MB per 256 tokens for a 30k
-            vocabulary), and 512 measured no faster; a GPU needs large decodes to be busy (not verified on a GPU
-            yet). Decoders' budgets are also capped by their vocabulary (see :mod:`embellama.model.sizing`)."""
+            CPU, 2048 with layers offloaded to a GPU (``n_gpu_layers != 0``): on CPU llama.cpp keeps a
+            vocabulary-sized output row per token of the largest decode, and a GPU needs large decodes to be busy
+            (see docs/performance.md for the measurements; GPU defaults are not verified on a GPU yet). Decoders'
+            budgets are also capped by their vocabulary (see :mod:`embellama.model.sizing`)."""
         },
     )
 
@@ -216,8 +216,8 @@ class ModelConfig:
         default=None,
         metadata={
             "doc": """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8
-            on CPU, 64 with layers offloaded to a GPU (at most ``batch_tokens``). 8 measured best on the default
-            model (more sequences per decode was slower); the GPU default is not verified on a GPU yet."""
+            on CPU, 64 with layers offloaded to a GPU (at most ``batch_tokens``); docs/performance.md has the
+            measurements behind the CPU default (the GPU default is not verified on a GPU yet)."""
         },
     )
 
