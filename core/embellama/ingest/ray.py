@@ -24,6 +24,7 @@ from embellama.engine.client import EmbeddingClient
 from embellama.engine.engine import EmbeddingEngine
 from embellama.engine.planning import OnError
 from embellama.errors import ConfigurationError, InvalidInputError
+from embellama.ingest.columns import error_column_name
 from embellama.ingest.model_files import ModelFile, check_nodes, driver_model_file, local_model_path, ship
 from embellama.ingest.workers import resolve_model_path, thread_options
 
@@ -57,11 +58,6 @@ def actor_cpus() -> int | None:
 
 
 _thread_options = thread_options  # the name this module had for it
-
-
-def error_column_name(output_column: str) -> str:
-    """The column that holds each row's error with ``on_error="collect"`` (``None`` where the row embedded)."""
-    return f"{output_column}_error"
 
 
 def prepare_model(path: str | Path, *, ship_model: bool = False) -> ModelFile:
