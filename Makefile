@@ -10,7 +10,7 @@ CUDA ?= 0
 export EMBELLAMA_CUDA := $(CUDA)
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install model demo test lint typecheck docs docs-check stress bench clean
+.PHONY: install model demo test test-fast lint typecheck docs docs-check stress bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ docs-check: $(STAMP)
 
 test: $(STAMP) model lint typecheck docs-check
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+
+# The sub-minute loop: tests/unit needs no model and no llama.cpp work (its conftest fails the model fixtures).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit -q --no-cov
 
 stress: model
 	$(PY) -m pytest -m stress -o addopts='' $(PYTEST_ARGS)

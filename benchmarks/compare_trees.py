@@ -4,7 +4,8 @@
 
 Each round runs each tree once, in a fresh process, in alternating order (interleaved rounds, as ``make bench``
 does for peers), with the default model and default options: short texts (~20 tokens) per second, long texts
-(~250 tokens) per second, and the median latency of a lone query. Reports medians and NEW/OLD ratios.
+(~250 tokens) per second, and the median latency of a lone query. Reports medians and speed ratios
+(NEW/OLD throughput, OLD/NEW latency: above 1 means the new tree is faster).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from .snippets import interleave, publish, run_snippet
 
 _CHILD = r"""
 import json, statistics, sys, time
+import dataclasses
 from embellama import EmbeddingEngine, ModelConfig, default_model_path
 from benchmarks.workloads import make_texts
+fields = {f.name for f in dataclasses.fields(ModelConfig)}  # trees before issue 19 spell the option `truncate`
+cut = {"truncate": True} if "truncate" in fields else {"long_text_mode": "truncate"}
 short = make_texts(512, 14, seed=1)
 long = make_texts(64, 190, seed=2)
 with EmbeddingEngine(cache_size=0) as engine:
-    engine.load_model(ModelConfig(model_path=default_model_path(build=False), model_name="m", truncate=True))
+    engine.load_model(ModelConfig(model_path=default_model_path(build=False), model_name="m", **cut))
     engine.embed_batch("m", short[:64])
     out = {}
     t0 = time.perf_counter(); engine.embed_batch("m", short); out["short"] = len(short) / (time.perf_counter() - t0)
@@ -52,11 +56,12 @@ def main() -> int:
     ns = parser.parse_args()
     trees = {"old": ns.old.resolve(), "new": ns.new.resolve()}
     runs = interleave(list(trees), ns.rounds, lambda label: run_tree(trees[label]))
-    lines = ["| metric | old (median) | new (median) | new / old |", "|---|---|---|---|"]
+    lines = ["| metric | old (median) | new (median) | speed new / old |", "|---|---|---|---|"]
     for metric in ("short", "long", "p50_ms"):
         old = statistics.median(x[metric] for x in runs["old"])
         new = statistics.median(x[metric] for x in runs["new"])
-        lines.append(f"| {metric} | {old:.1f} | {new:.1f} | {new / old:.2f} |")
+        speed = old / new if metric.endswith("_ms") else new / old  # a latency: lower is faster
+        lines.append(f"| {metric} | {old:.2f} | {new:.2f} | {speed:.3f} |")
     publish(lines, ns.rounds, ns.out)
     return 0
 

@@ -1,23 +1,26 @@
-"""The model options both adapters expose, derived from :class:`embellama.ModelConfig` (declared once, there).
+"""The model options both adapters expose: :class:`ModelOptionFields`, one explicit, typed pydantic field per
+:class:`embellama.ModelConfig` option (besides the file and the name), each described by the documentation the
+``ModelConfig`` field declares (``metadata["doc"]``, read by :func:`embellama.config.option_docs`).
 
-:data:`ModelOptionFields` is a pydantic model with one optional field per :data:`embellama.config.MODEL_OPTIONS`
-entry, typed and documented from ``ModelConfig`` itself; each adapter inherits it, so an option added to the core
-reaches LangChain and LlamaIndex users with no change here. :func:`client_options` turns an adapter's field
-values into :class:`embellama.engine.client.EmbeddingClient` keyword arguments (only those the user set).
+The fields are written out so that type checkers and IDEs see them (``EmbellamaEmbeddings(...).normalize`` is a
+``bool``); ``tests/unit/test_adapter_options.py`` checks they match ``ModelConfig`` name for name, type for type and
+default for default. Adding a ``ModelConfig`` option is adding its line here. :func:`model_option_values` turns an
+adapter's field values into :class:`embellama.engine.client.EmbeddingClient` keyword arguments (only those the
+user set, and the adapters' own defaults).
 """
 
 from __future__ import annotations
 
-import typing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
-from embellama.config import MODEL_OPTIONS, ModelConfig, option_docs
+from embellama.config import Isolation, LongTextMode, Normalization, Pooling, option_docs
 from embellama.engine.client import EmbeddingClient
 from embellama.migration import unknown_options_error
 
 __all__ = [
+    "ADAPTER_DEFAULTS",
     "MODEL_OPTION_NAMES",
     "ClientOptionFields",
     "ModelOptionFields",
@@ -26,37 +29,44 @@ __all__ = [
     "resolved_identity",
 ]
 
-MODEL_OPTION_NAMES: tuple[str, ...] = tuple(MODEL_OPTIONS)
-
-
-ADAPTER_DEFAULTS: dict[str, Any] = {"truncate": True}
+ADAPTER_DEFAULTS: dict[str, Any] = {"long_text_mode": "truncate"}
 """Where the adapters' defaults differ from ``ModelConfig``'s: framework splitters count tokens with another
 tokenizer and add metadata, so over-long chunks are normal there. They are cut as sentence-transformers and
 Hugging Face adapters do — never silently: each call that cuts texts logs one warning with the count (set
-``truncate=False`` for strict mode, which checks every text before embedding any)."""
+``long_text_mode="raise"`` for strict mode, which checks every text before embedding any)."""
+
+_DOCS = option_docs()
 
 
-def _fields() -> dict[str, Any]:
-    hints = typing.get_type_hints(ModelConfig)
-    docs = option_docs()
-    fields: dict[str, Any] = {}
-    for name, core_default in MODEL_OPTIONS.items():
-        default = ADAPTER_DEFAULTS.get(name, core_default)
-        annotation = hints[name]
-        if default is None:
-            annotation = annotation | None
-        fields[name] = (annotation, Field(default=default, description=docs.get(name, name)))
-    return fields
+class ModelOptionFields(BaseModel):
+    """Every embellama model option as a field: ``ModelConfig``'s name, type, default (``None`` where the core
+    computes it; ``long_text_mode`` defaults to ``"truncate"`` here, see :data:`ADAPTER_DEFAULTS`) and
+    documentation."""
+
+    pooling: Pooling | str = Field(default=Pooling.MODEL, description=_DOCS["pooling"])
+    normalize: bool = Field(default=True, description=_DOCS["normalize"])
+    normalization: Normalization = Field(default="l2", description=_DOCS["normalization"])
+    norm_p: float = Field(default=2.0, description=_DOCS["norm_p"])
+    dimensions: int | None = Field(default=None, description=_DOCS["dimensions"])
+    max_tokens: int | None = Field(default=None, description=_DOCS["max_tokens"])
+    batch_tokens: int | None = Field(default=None, description=_DOCS["batch_tokens"])
+    max_texts_per_decode: int | None = Field(default=None, description=_DOCS["max_texts_per_decode"])
+    n_threads: int | None = Field(default=None, description=_DOCS["n_threads"])
+    n_workers: int | None = Field(default=None, description=_DOCS["n_workers"])
+    n_gpu_layers: int = Field(default=0, description=_DOCS["n_gpu_layers"])
+    use_mmap: bool = Field(default=True, description=_DOCS["use_mmap"])
+    flash_attn: bool = Field(default=True, description=_DOCS["flash_attn"])
+    isolation: Isolation = Field(default="thread", description=_DOCS["isolation"])
+    crash_retries: int = Field(default=0, description=_DOCS["crash_retries"])
+    request_timeout: float | None = Field(default=300.0, description=_DOCS["request_timeout"])
+    long_text_mode: LongTextMode = Field(default="truncate", description=_DOCS["long_text_mode"])
+    prompts: dict[str, str] | None = Field(default=None, description=_DOCS["prompts"])
+    add_eos: bool | None = Field(default=None, description=_DOCS["add_eos"])
+    verbose: bool = Field(default=False, description=_DOCS["verbose"])
 
 
-if TYPE_CHECKING:
-
-    class ModelOptionFields(BaseModel):
-        """Every embellama model option (fields made from ``embellama.ModelConfig`` at import)."""
-
-else:
-    ModelOptionFields = create_model("ModelOptionFields", __base__=BaseModel, **_fields())
-    ModelOptionFields.__doc__ = "Every embellama model option (see ``embellama.ModelConfig``)."
+MODEL_OPTION_NAMES: tuple[str, ...] = tuple(ModelOptionFields.model_fields)
+"""The names of the model options, in ``ModelConfig``'s order."""
 
 
 class ClientOptionFields(BaseModel):

@@ -36,8 +36,9 @@ class EmbellamaEmbeddings(ModelOptionFields, ClientOptionFields, Embeddings, Cli
 
     Every instance with the same model file and model options shares one loaded model (with LlamaIndex
     adapters too). Construction is cheap; the model loads on first use unless ``preload=True``. Every
-    ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``, ``max_tokens``,
-    ``n_workers``, ``isolation``, ...) is a field of this class too.
+    ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``long_text_mode``,
+    ``max_tokens``, ``n_workers``, ``isolation``, ...) is a field of this class too; ``long_text_mode`` defaults to
+    ``"truncate"`` here (one warning per call that cuts texts).
 
     Example:
         .. code-block:: python
@@ -125,8 +126,8 @@ class EmbellamaReranker(ModelOptionFields, BaseDocumentCompressor, ClientBacked)
 
     Scores every document against the query (many pairs per decode), keeps the ``top_n`` best and writes each
     score to ``metadata["relevance_score"]``. Use it in a ``ContextualCompressionRetriever``. Every
-    ``embellama.ModelConfig`` option is a field too (``truncate`` defaults to True: the end of an over-long
-    document is cut, never the query).
+    ``embellama.ModelConfig`` option is a field too (``long_text_mode`` defaults to ``"truncate"``: the end of an
+    over-long document is cut, never the query).
 
     Example:
         .. code-block:: python

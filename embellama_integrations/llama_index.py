@@ -60,9 +60,9 @@ class EmbellamaEmbedding(BaseEmbedding, ModelOptionFields, ClientOptionFields, C
         embed_batch_size: Texts per batch of LlamaIndex's own batching (and its embedding events); embellama's
             engine plans the decodes inside each batch itself. Defaults to LlamaIndex's (10).
         preload: Load the model now instead of on first use.
-        **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``, ``truncate``,
-            ``max_tokens``, ``n_workers``, ``isolation``, ...), and other ``BaseEmbedding`` fields
-            (``callback_manager``, ``num_workers``, ...). Unknown names raise.
+        **kwargs: Any ``embellama.ModelConfig`` option (``pooling``, ``normalize``, ``dimensions``,
+            ``long_text_mode`` (``"truncate"`` by default here), ``max_tokens``, ``n_workers``, ``isolation``, ...),
+            and other ``BaseEmbedding`` fields (``callback_manager``, ``num_workers``, ...). Unknown names raise.
 
     Raises:
         embellama.ConfigurationError: an option is invalid.
@@ -199,8 +199,8 @@ def _refuse_collect(on_error: str) -> None:
     if on_error == "collect":
         raise ConfigurationError(
             "on_error='collect' is not available with LlamaIndex: its embedding events and nodes need a vector "
-            "for every text. Over-long texts are cut by default (truncate=True); to keep going past other bad "
-            "input, embed through embellama.EmbeddingEngine.embed_batch(..., on_error='collect')"
+            "for every text. Over-long texts are cut by default (long_text_mode='truncate'); to keep going past "
+            "other bad input, embed through embellama.EmbeddingEngine.embed_batch(..., on_error='collect')"
         )
 
 

@@ -7,21 +7,23 @@ process (``GGML_ASSERT``) is refused with a :class:`~embellama.errors.Configurat
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from embellama.cpu import usable_cores
 from embellama.errors import ConfigurationError
+from embellama.migration import unknown_options_error
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "MODEL_OPTIONS",
     "EngineConfig",
     "Isolation",
+    "LongTextMode",
     "ModelConfig",
+    "Normalization",
     "Pooling",
     "default_thread_count",
     "default_worker_count",
@@ -34,6 +36,8 @@ LLAMA_MAX_SEQ = 256
 
 Isolation = Literal["thread", "process"]
 LongTextMode = Literal["raise", "truncate", "mean"]
+Normalization = Literal["l2", "max_abs", "p_norm", "none"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("l2", "max_abs", "p_norm", "none")
 
 
 class Pooling(str, Enum):
@@ -129,98 +133,201 @@ def _check_positive(name: str, value: int | None, *, allow_none: bool = True, ma
 class ModelConfig:
     """Everything needed to load one embedding model and serve it.
 
+    Each option's documentation is declared with it, as ``metadata["doc"]`` of its dataclass field (read with
+    :func:`option_docs`): the options table of the docs (``docs/options.md``) and the LangChain and LlamaIndex
+    adapters' field descriptions are made from it. An unknown keyword raises
+    :class:`~embellama.errors.ConfigurationError`, naming its replacement when it is another library's keyword or
+    a removed option (``truncate=True`` is ``long_text_mode="truncate"``; see :mod:`embellama.migration`).
+
     Example:
         >>> ModelConfig(model_path="model.gguf", model_name="minilm", pooling="mean")  # doctest: +SKIP
     """
 
-    model_path: str | Path
-    """Path to the GGUF file."""
+    model_path: str | Path = field(metadata={"doc": "Path to the GGUF file."})
 
-    model_name: str | None = None
-    """Name the engine registers the model under. Defaults to the file name without ``.gguf``."""
+    model_name: str | None = field(
+        default=None,
+        metadata={"doc": "Name the engine registers the model under. Defaults to the file name without ``.gguf``."},
+    )
 
-    pooling: Pooling | str = Pooling.MODEL
-    """Pooling strategy: ``"model"`` (the GGUF's own), ``"mean"``, ``"cls"``, ``"last"``, ``"max"``,
-    ``"mean_sqrt_len"``, or ``"rank"`` for a reranker (a :class:`Pooling` or its string). Defaults to the model's
-    own."""
+    pooling: Pooling | str = field(
+        default=Pooling.MODEL,
+        metadata={
+            "doc": """Pooling strategy: ``"model"`` (the GGUF's own), ``"mean"``, ``"cls"``, ``"last"``, ``"max"``,
+            ``"mean_sqrt_len"``, or ``"rank"`` for a reranker (a :class:`Pooling` or its string). Defaults to the
+            model's own."""
+        },
+    )
 
-    normalize: bool = True
-    """L2-normalize each vector. Defaults to True."""
+    normalize: bool = field(
+        default=True,
+        metadata={
+            "doc": """Normalize each vector (L2 unless ``normalization`` says otherwise); False returns them as
+            pooled. Defaults to True."""
+        },
+    )
 
-    dimensions: int | None = None
-    """Matryoshka truncation: keep the first N dimensions (then re-normalize if ``normalize``). Defaults to all."""
+    normalization: Normalization = field(
+        default="l2",
+        metadata={
+            "doc": """How vectors are normalized when ``normalize`` is True (llama.cpp's ``--embd-normalize``):
+            ``"l2"`` (Euclidean length 1), ``"max_abs"`` (largest component ±32760, the int16 range), ``"p_norm"``
+            (p-norm 1, p from ``norm_p``) or ``"none"``. A zero vector stays zero. Defaults to ``"l2"``."""
+        },
+    )
 
-    truncate: bool = False
-    """Over-long inputs: True cuts them to the limit, keeping the closing special token (e.g. [SEP]);
-    False raises :class:`~embellama.errors.InvalidInputError`. Defaults to False: nothing is cut silently."""
+    norm_p: float = field(
+        default=2.0,
+        metadata={
+            "doc": """The p of ``normalization="p_norm"``: vectors are divided by ``(sum |x|^p)^(1/p)``. Defaults
+            to 2.0."""
+        },
+    )
 
-    max_tokens: int | None = None
-    """Input limit in tokens, at most the model's own. Defaults to the model's limit (sentence-transformers'
-    ``max_seq_length`` when recorded in the GGUF, else the training context)."""
+    dimensions: int | None = field(
+        default=None,
+        metadata={
+            "doc": """Matryoshka truncation: keep the first N dimensions (then re-normalize if ``normalize``).
+            Defaults to all."""
+        },
+    )
 
-    batch_tokens: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Raised at load to the input limit when
-    that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on CPU, 2048 with layers
-    offloaded to a GPU (``n_gpu_layers != 0``). On CPU llama.cpp keeps a vocabulary-sized output row per token of
-    the largest decode (31 MB per 256 tokens for a 30k vocabulary), and 512 measured no faster; a GPU needs large
-    decodes to be busy (not verified on a GPU yet). Decoders' budgets are also capped by their vocabulary (see
-    :mod:`embellama.model.sizing`)."""
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "doc": """Input limit in tokens, at most the model's own. Defaults to the model's limit
+            (sentence-transformers' ``max_seq_length`` when recorded in the GGUF, else the training context)."""
+        },
+    )
 
-    max_texts_per_decode: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8 on CPU, 64
-    with layers offloaded to a GPU (at most ``batch_tokens``). 8 measured best on the default model (more sequences
-    per decode was slower); the GPU default is not verified on a GPU yet."""
+    batch_tokens: int = field(  # type: ignore[assignment]  # resolved in __post_init__
+        default=None,
+        metadata={
+            "doc": """Token budget of one decode (llama.cpp's ``n_batch`` = ``n_ubatch``). Raised at load to the
+            input limit when that is larger, since a non-causal sequence must fit in one decode. Defaults to 256 on
+            CPU, 2048 with layers offloaded to a GPU (``n_gpu_layers != 0``): on CPU llama.cpp keeps a
+            vocabulary-sized output row per token of the largest decode, and a GPU needs large decodes to be busy
+            (see docs/performance.md for the measurements; GPU defaults are not verified on a GPU yet). Decoders'
+            budgets are also capped by their vocabulary (see :mod:`embellama.model.sizing`)."""
+        },
+    )
 
-    n_threads: int | None = None
-    """Threads of each model instance. Defaults to the usable cores (affinity mask, or the cgroup CPU quota if
-    smaller) divided by ``n_workers``."""
+    max_texts_per_decode: int = field(  # type: ignore[assignment]  # resolved in __post_init__
+        default=None,
+        metadata={
+            "doc": """How many texts are packed into one decode at most (llama.cpp's ``n_seq_max``). Defaults to 8
+            on CPU, 64 with layers offloaded to a GPU (at most ``batch_tokens``); docs/performance.md has the
+            measurements behind the CPU default (the GPU default is not verified on a GPU yet)."""
+        },
+    )
 
-    n_workers: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    """Model instances serving this model, each owned by its own thread. Defaults to one per usable core, at most
-    4 (1 when ``n_gpu_layers != 0``). Usable cores are the affinity mask or the cgroup CPU quota, whichever is
-    smaller (see :func:`default_worker_count`), so each instance runs one thread; on a GPU a single context with
-    large decodes suits the device (GPU defaults are not verified on a GPU yet)."""
+    n_threads: int | None = field(
+        default=None,
+        metadata={
+            "doc": """Threads of each model instance. Defaults to the usable cores (affinity mask, or the cgroup
+            CPU quota if smaller) divided by ``n_workers``."""
+        },
+    )
 
-    n_gpu_layers: int = 0
-    """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build (``make demo CUDA=1`` or
-    ``scripts/build_llama_cpp.py --cuda`` builds llama.cpp with CUDA; GPU use is not verified yet). Defaults to 0."""
+    n_workers: int = field(  # type: ignore[assignment]  # resolved in __post_init__
+        default=None,
+        metadata={
+            "doc": """Model instances serving this model, each owned by its own thread. Defaults to one per usable
+            core, at most 4 (1 when ``n_gpu_layers != 0``). Usable cores are the affinity mask or the cgroup CPU
+            quota, whichever is smaller (see :func:`default_worker_count`), so each instance runs one thread; on a
+            GPU a single context with large decodes suits the device (GPU defaults are not verified on a GPU
+            yet)."""
+        },
+    )
 
-    use_mmap: bool = True
-    """Memory-map the model file. Defaults to True."""
+    n_gpu_layers: int = field(
+        default=0,
+        metadata={
+            "doc": """Layers to offload to a GPU (-1: all). Must be 0 on a CPU-only build (``make demo CUDA=1`` or
+            ``scripts/build_llama_cpp.py --cuda`` builds llama.cpp with CUDA; GPU use is not verified yet).
+            Defaults to 0."""
+        },
+    )
 
-    flash_attn: bool = True
-    """Use flash attention: decode cost then grows linearly with the texts per decode. Defaults to True."""
+    use_mmap: bool = field(default=True, metadata={"doc": "Memory-map the model file. Defaults to True."})
 
-    isolation: Isolation = "thread"
-    """``"thread"``: the model runs in this process. ``"process"``: in a child process, so a native crash becomes
-    a :class:`~embellama.errors.ModelCrashedError` and the worker restarts. Defaults to ``"thread"``."""
+    flash_attn: bool = field(
+        default=True,
+        metadata={
+            "doc": "Use flash attention: decode cost then grows linearly with the texts per decode. Defaults to True."
+        },
+    )
 
-    crash_retries: int = 0
-    """With process isolation: how many times a request is retried on a restarted worker after a crash."""
+    isolation: Isolation = field(
+        default="thread",
+        metadata={
+            "doc": """``"thread"``: the model runs in this process. ``"process"``: in a child process, so a native
+            crash becomes a :class:`~embellama.errors.ModelCrashedError` and the worker restarts. Defaults to
+            ``"thread"``."""
+        },
+    )
 
-    request_timeout: float | None = 300.0
-    """With process isolation: seconds a request may go without progress (a finished decode) before its worker
-    process is killed and the request fails with :class:`~embellama.errors.ModelTimeoutError`; also bounds a
-    child's load. ``None`` waits forever. In-process (``isolation="thread"``) a native call cannot be
-    interrupted, so this does not apply there. Defaults to 300."""
+    crash_retries: int = field(
+        default=0,
+        metadata={
+            "doc": "With process isolation: how many times a request is retried on a restarted worker after a crash."
+        },
+    )
 
-    long_text_mode: LongTextMode | None = None
-    """What happens to a text over the input limit: ``"raise"`` (:class:`~embellama.errors.InvalidInputError`),
-    ``"truncate"`` (cut to the limit, keeping the closing special token) or ``"mean"`` (cut into chunks at token
-    boundaries, embed each, average them weighted by length — gpt4all's ``long_text_mode="mean"``). Defaults to
-    what ``truncate`` says."""
+    request_timeout: float | None = field(
+        default=300.0,
+        metadata={
+            "doc": """With process isolation: seconds a request may go without progress (a finished decode) before
+            its worker process is killed and the request fails with :class:`~embellama.errors.ModelTimeoutError`;
+            also bounds a child's load. ``None`` waits forever. In-process (``isolation="thread"``) a native call
+            cannot be interrupted, so this does not apply there. Defaults to 300."""
+        },
+    )
 
-    prompts: dict[str, str] | None = None
-    """Named prompts (sentence-transformers' convention); ``"query"`` and ``"document"`` are what RAG adapters use.
-    Defaults to the model family's (see :mod:`embellama.model.families`); ``{}`` means none."""
+    long_text_mode: LongTextMode = field(
+        default="raise",
+        metadata={
+            "doc": """What happens to a text over the input limit: ``"raise"``
+            (:class:`~embellama.errors.InvalidInputError`), ``"truncate"`` (cut to the limit, keeping the closing
+            special token) or ``"mean"`` (cut into chunks at token boundaries, embed each, average them weighted by
+            length — gpt4all's ``long_text_mode="mean"``). A reranker cuts the end of the document with either of
+            the last two, never the query. The LangChain and LlamaIndex adapters default to ``"truncate"``, with
+            one warning per call that cuts texts. Defaults to ``"raise"``: nothing is cut silently."""
+        },
+    )
 
-    add_eos: bool | None = None
-    """Append the end-of-sequence token to every input (last-token embedders such as Qwen3-Embedding need it).
-    Defaults to the model family's rule, else the GGUF tokenizer's."""
+    prompts: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "doc": """Named prompts (sentence-transformers' convention); ``"query"`` and ``"document"`` are what RAG
+            adapters use. Defaults to the model family's (see :mod:`embellama.model.families`); ``{}`` means
+            none."""
+        },
+    )
 
-    verbose: bool = False
-    """Let llama.cpp print its own log to stderr (otherwise it goes to the ``embellama.llama_cpp`` logger). Defaults
-    to False."""
+    add_eos: bool | None = field(
+        default=None,
+        metadata={
+            "doc": """Append the end-of-sequence token to every input (last-token embedders such as
+            Qwen3-Embedding need it). Defaults to the model family's rule, else the GGUF tokenizer's."""
+        },
+    )
+
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "doc": """Let llama.cpp print its own log to stderr (otherwise it goes to the ``embellama.llama_cpp``
+            logger). Defaults to False."""
+        },
+    )
+
+    def __new__(cls, *args: Any, **options: Any) -> ModelConfig:
+        # before the dataclass's __init__: an unknown keyword (a removed option such as ``truncate``, or another
+        # library's) is a ConfigurationError naming its replacement, not a TypeError
+        unknown = {k: v for k, v in options.items() if k not in _FIELD_NAMES}
+        if unknown:
+            raise unknown_options_error(unknown, _FIELD_NAMES, where="ModelConfig")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, (str, Path)) or not str(self.model_path):
@@ -260,7 +367,7 @@ class ModelConfig:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
         ):
             raise ConfigurationError(f"request_timeout must be a positive number of seconds or None, got {timeout!r}")
-        if self.long_text_mode not in (None, "raise", "truncate", "mean"):
+        if self.long_text_mode not in ("raise", "truncate", "mean"):
             raise ConfigurationError(
                 f"long_text_mode must be 'raise', 'truncate' or 'mean', got {self.long_text_mode!r}"
             )
@@ -270,11 +377,29 @@ class ModelConfig:
             ):
                 raise ConfigurationError(f"prompts must map prompt names to strings, got {self.prompts!r}")
             object.__setattr__(self, "prompts", dict(self.prompts))
+        self._check_normalization()
         if self.add_eos is not None and not isinstance(self.add_eos, bool):
             raise ConfigurationError(f"add_eos must be a bool or None, got {self.add_eos!r}")
-        for flag in ("normalize", "truncate", "use_mmap", "flash_attn", "verbose"):
+        for flag in ("normalize", "use_mmap", "flash_attn", "verbose"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+
+    def _check_normalization(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigurationError(
+                "normalization must be one of "
+                + ", ".join(repr(m) for m in NORMALIZATIONS)
+                + f", got {self.normalization!r}"
+            )
+        p = self.norm_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < float("inf"):
+            raise ConfigurationError(f"norm_p must be a finite number > 0, got {p!r}")
+        object.__setattr__(self, "norm_p", float(p))
+        if not self.normalize and self.normalization not in ("l2", "none"):
+            raise ConfigurationError(
+                f"normalization={self.normalization!r} contradicts normalize=False (no normalization); "
+                "pass normalize=True, or normalization='none'"
+            )
 
     @property
     def name(self) -> str:
@@ -291,24 +416,18 @@ class ModelConfig:
         """Return a copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def long_texts(self) -> LongTextMode:
-        """The over-long text policy after defaulting (``long_text_mode``, else ``truncate``)."""
-        if self.long_text_mode is not None:
-            return self.long_text_mode
-        return "truncate" if self.truncate else "raise"
-
-    def output_options(self) -> tuple[str, bool, int | None, bool, int | None, str, bool | None]:
+    def output_options(self) -> tuple[str, bool, int | None, int | None, str, bool | None, str, float]:
         """The options that change a text's vector; part of every cache key."""
         assert isinstance(self.pooling, Pooling)
         return (
             self.pooling.value,
             self.normalize,
             self.dimensions,
-            self.truncate,
             self.max_tokens,
-            self.long_texts,
+            self.long_text_mode,
             self.add_eos,
+            self.normalization,
+            self.norm_p,
         )
 
 
@@ -323,28 +442,24 @@ def _model_options() -> dict[str, Any]:
 
 MODEL_OPTIONS: dict[str, Any] = _model_options()
 """Every option of :class:`ModelConfig` besides the file and the name, with its default (``None`` where the
-default is computed, e.g. ``n_workers``). Adapters take exactly these, so options are declared once, here."""
+default is computed, e.g. ``n_workers``): the keywords :class:`~embellama.engine.client.EmbeddingClient` and the
+ingest workers take. The LangChain and LlamaIndex adapters write the same options out as typed fields (a test keeps
+them equal to these fields)."""
 
 
-def option_docs() -> dict[str, str]:
-    """The docstring of each :class:`ModelConfig` field (adapters show them as their field descriptions)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(ModelConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
+def option_docs(config: type[ModelConfig | EngineConfig] = ModelConfig) -> dict[str, str]:
+    """The documentation of each option of ``config`` (:class:`ModelConfig` or :class:`EngineConfig`), declared
+    with its field as ``metadata["doc"]``, on one line: the docs' options table and the adapters' field
+    descriptions are made from it."""
+    docs = {}
+    for f in dataclasses.fields(config):
+        if "doc" not in f.metadata:  # a developer's slip: fail at import, naming the field
+            raise TypeError(f"{config.__name__}.{f.name} declares no field(metadata={{'doc': ...}})")
+        docs[f.name] = " ".join(f.metadata["doc"].split())
     return docs
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
@@ -353,20 +468,33 @@ DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """Engine-wide settings."""
+    """Engine-wide settings (each documented in its field's ``metadata["doc"]``, as :class:`ModelConfig`'s)."""
 
-    cache_bytes: int = DEFAULT_CACHE_BYTES
-    """Most bytes the embedding cache holds: each vector's bytes plus a fixed overhead per entry (400 bytes; the
-    texts are never kept, only a digest of them), least recently used first out. 0 disables the cache.
-    Defaults to 32 MiB (~17,000 384-dimension vectors)."""
+    cache_bytes: int = field(
+        default=DEFAULT_CACHE_BYTES,
+        metadata={
+            "doc": """Most bytes the embedding cache holds: each vector's bytes plus a fixed overhead per entry (400
+            bytes; the texts are never kept, only a digest of them), least recently used first out. 0 disables the
+            cache. Defaults to 32 MiB (~17,000 384-dimension vectors)."""
+        },
+    )
 
-    cache_size: int | None = None
-    """Most entries the cache holds, on top of ``cache_bytes`` (0 disables the cache). Defaults to None (bounded
-    by bytes only)."""
+    cache_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": """Most entries the cache holds, on top of ``cache_bytes`` (0 disables the cache). Defaults to
+            None (bounded by bytes only)."""
+        },
+    )
 
-    chunk_size: int = 64
-    """Most texts per job: a batch is split into jobs so short queries are not stuck behind it, and into smaller
-    ones (never below one decode's worth) so that every worker of the model gets a share. Defaults to 64."""
+    chunk_size: int = field(
+        default=64,
+        metadata={
+            "doc": """Most texts per job: a batch is split into jobs so short queries are not stuck behind it, and
+            into smaller ones (never below one decode's worth) so that every worker of the model gets a share.
+            Defaults to 64."""
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("cache_bytes", "cache_size"):

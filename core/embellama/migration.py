@@ -1,5 +1,6 @@
 """Keywords of other embedding libraries and what to use in embellama instead: one table, used by the core client
-and both framework adapters, so a habitual ``device="cpu"`` or ``max_length=256`` fails naming its replacement.
+and both framework adapters, so a habitual ``device="cpu"`` or ``max_length=256`` fails naming its replacement (and so
+does an embellama option replaced before 0.1.0, ``truncate=``).
 
 :data:`HINTS` maps a keyword of HuggingFaceEmbeddings, FastEmbedEmbeddings, LlamaCppEmbeddings, OllamaEmbeddings or
 llama-index's HuggingFaceEmbedding to the embellama way of doing the same. :func:`unknown_options_error` builds
@@ -46,7 +47,7 @@ HINTS: dict[str, str] = {
     "prompt_name": "query_instruction= / document_instruction=; the model family's prompts are used by default",
     "precision": "pick a quantized GGUF file (q8_0, q4_k_m ...) as model_path",
     "device": _DEVICE,
-    "max_length": "max_tokens= (the input limit in tokens; over-long texts are cut: truncate=True in the adapters)",
+    "max_length": "max_tokens= (the input limit in tokens; adapters cut over-long texts: long_text_mode='truncate')",
     "max_seq_length": "max_tokens=",
     "cache_folder": _CACHE,
     "cache_dir": _CACHE,
@@ -96,8 +97,12 @@ HINTS: dict[str, str] = {
     "mirostat": _NOT_SAMPLING,
     "repeat_penalty": _NOT_SAMPLING,
     "stop": _NOT_SAMPLING,
+    # embellama's own options before 0.1.0
+    "truncate": "use long_text_mode='truncate' (truncate=True) or long_text_mode='raise' (truncate=False); "
+    "long_text_mode='mean' averages an over-long text's chunks",
 }
-"""Foreign keyword → the embellama equivalent, in words (``name=`` means a keyword embellama takes)."""
+"""Foreign keyword (or an embellama option that was replaced) → the embellama equivalent, in words (``name=`` means
+a keyword embellama takes)."""
 
 
 def hint_for(name: str, value: Any = None) -> str | None:

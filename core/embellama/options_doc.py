@@ -1,5 +1,6 @@
 """The options table of the docs, generated from :class:`~embellama.config.ModelConfig` itself (its fields, their
-defaults and their docstrings), so the documented defaults cannot drift from the code.
+defaults and the documentation each field declares in ``metadata["doc"]``), so the documented defaults cannot drift
+from the code.
 
 ``python -m embellama.options_doc`` prints the table; ``docs/options.md`` holds it between ``<!-- options:begin -->``
 and ``<!-- options:end -->``, and a test fails when the two differ (``python -m embellama.options_doc --write
@@ -34,7 +35,7 @@ def _default(field: dataclasses.Field[object], doc: str) -> str:
     value = field.default
     if value is dataclasses.MISSING:
         return "required"
-    if value is not None and "resolved in __post_init__" not in _source_comment(field.name):
+    if value is not None:
         if isinstance(value, enum.Enum):
             value = value.value
         return f'`"{value}"`' if isinstance(value, str) else f"`{value!r}`"
@@ -42,18 +43,9 @@ def _default(field: dataclasses.Field[object], doc: str) -> str:
     return _markdown(stated.group(1)) if stated else "computed"
 
 
-def _source_comment(name: str) -> str:
-    import inspect
-
-    for line in inspect.getsource(ModelConfig).splitlines():
-        if line.strip().startswith(f"{name}:"):
-            return line
-    return ""
-
-
 def options_table() -> str:
     """The markdown table of every :class:`ModelConfig` option: name, default (from the code; for a computed
-    default, the docstring's "Defaults to ..." sentence) and description (the field's docstring)."""
+    default, the "Defaults to ..." sentence of its documentation) and description (the field's ``metadata["doc"]``)."""
     docs = option_docs()
     rows = ["| option | default | what it does |", "| --- | --- | --- |"]
     for field in dataclasses.fields(ModelConfig):

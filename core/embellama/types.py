@@ -71,7 +71,8 @@ class JobResult:
     errors: dict[int, InvalidInputError] = field(default_factory=dict)
     """Errors by position in the job (each error's ``index`` is the caller's absolute index)."""
     truncated: dict[int, int] = field(default_factory=dict)
-    """Texts cut to the model's limit (``truncate=True``): position in the job -> token count before the cut."""
+    """Texts cut to the model's limit (``long_text_mode="truncate"``): position in the job -> token count before the
+    cut."""
     token_counts: list[int] = field(default_factory=list)
     """Tokens of each text of the job (before any cut, special tokens included; 0 for an invalid one)."""
 

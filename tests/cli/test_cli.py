@@ -144,6 +144,29 @@ def test_cli_long_lines_in_process(tmp_path: Path, model_path: Path, capsys: pyt
     assert main(["embed", str(src), "-o", str(out), "-m", str(model_path), "--strict"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("embellama: error: line 2 'word word") and "limit of 256" in err and "--strict" in err
+    assert main(["embed", str(src), "-o", str(out), "-m", str(model_path), "--long-text-mode", "raise"]) == 2
+    assert "limit of 256" in capsys.readouterr().err  # --strict is its short form
+    cut = [json.loads(line)["embedding"] for line in out.read_text().splitlines()]
+    assert main(["embed", str(src), "-o", str(out), "-m", str(model_path), "--long-text-mode", "mean"]) == 0
+    assert capsys.readouterr().err == ""  # averaged chunks: nothing was cut
+    mean = [json.loads(line)["embedding"] for line in out.read_text().splitlines()]
+    cosines = (np.asarray(mean) * np.asarray(cut)).sum(axis=1)
+    assert cosines[0] > 0.9999 and cosines[1] < 0.998 and cosines[2] < 0.998  # only the long lines changed
+
+
+def test_cli_long_text_mode_flags_are_one_option() -> None:
+    from embellama.cli.main import build_parser
+
+    parser = build_parser()
+    for command, default in ((["embed"], "truncate"), (["rerank", "m.gguf", "--query", "q"], "truncate")):
+        assert parser.parse_args(command).long_text_mode == default
+        assert parser.parse_args([*command, "--strict"]).long_text_mode == "raise"
+    for command in (["serve", "--model", "m.gguf"], ["ingest", "corpus.jsonl", "--db", "db"]):
+        assert parser.parse_args(command).long_text_mode == "raise"  # the server answers 400, ingest fails
+        assert parser.parse_args([*command, "--truncate"]).long_text_mode == "truncate"
+        assert parser.parse_args([*command, "--long-text-mode", "mean"]).long_text_mode == "mean"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["embed", "--truncate", "--long-text-mode", "raise"])  # one policy, given once
 
 
 def test_demo_finds_sensible_neighbours(capsys: pytest.CaptureFixture[str]) -> None:

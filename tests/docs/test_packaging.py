@@ -93,7 +93,8 @@ def test_build_makes_an_sdist_and_a_wheel_with_the_metadata(dist: Path) -> None:
         files = set(whl.namelist())
         meta = Parser().parsestr(whl.read(f"embellama-{version}.dist-info/METADATA").decode())
         entry_points = whl.read(f"embellama-{version}.dist-info/entry_points.txt").decode()
-    assert {"embellama/py.typed", "embellama_integrations/py.typed", "embellama/cli.py"} <= files
+    packaged = {"embellama/py.typed", "embellama_integrations/py.typed", "embellama/cli/main.py"}
+    assert packaged | {"embellama/server/app.py", "embellama/ingest/ray.py"} <= files
     assert not any(f.startswith(("tests/", "core/", "benchmarks/")) for f in files)
     assert "embellama = embellama.cli:main" in entry_points
     assert meta["Version"] == version and meta["License-Expression"] == "Apache-2.0"

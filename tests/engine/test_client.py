@@ -154,10 +154,20 @@ def test_namespace_is_stable_and_tracks_output_options(model_path: Path, engine:
         EmbeddingClient(model_path, normalize=False).namespace,
         EmbeddingClient(model_path, dimensions=128).namespace,
         EmbeddingClient(model_path, pooling="cls").namespace,
-        EmbeddingClient(model_path, truncate=True).namespace,
+        EmbeddingClient(model_path, long_text_mode="truncate").namespace,
+        EmbeddingClient(model_path, long_text_mode="mean").namespace,
         EmbeddingClient(model_path, document_instruction="passage: ").namespace,
+        EmbeddingClient(model_path, normalization="max_abs").namespace,
+        EmbeddingClient(model_path, normalization="p_norm", norm_p=3.0).namespace,
+        EmbeddingClient(model_path, normalization="p_norm", norm_p=1.0).namespace,
     }
-    assert base not in variants and len(variants) == 5
+    assert base not in variants and len(variants) == 9
+    assert base.count(".long-raise.") == 1 and "truncate" not in base  # the one long-text policy, once
+    assert EmbeddingClient(model_path, normalization="l2").namespace == base  # the default mode, spelled out
+    assert (
+        EmbeddingClient(model_path, normalization="none").namespace
+        == EmbeddingClient(model_path, normalize=False).namespace
+    )
     registered = EmbeddingClient(engine=engine, model_name=MODEL_NAME).namespace
     assert engine.model_info(MODEL_NAME).fingerprint in registered
     assert EmbeddingClient().namespace == base  # default model resolves to the same file
@@ -214,8 +224,8 @@ def test_errors_name_the_users_model_not_the_registration_name(model_path: Path)
 
 
 def _check_users_model_name(model_path: Path, private_engine: EmbeddingEngine) -> None:
-    first = EmbeddingClient(model_path, engine=private_engine, truncate=False)
-    second = EmbeddingClient(model_path, engine=private_engine, truncate=False, normalize=False)
+    first = EmbeddingClient(model_path, engine=private_engine, long_text_mode="raise")
+    second = EmbeddingClient(model_path, engine=private_engine, long_text_mode="raise", normalize=False)
     assert first.ensure_loaded()[1] == model_path.stem
     assert second.ensure_loaded()[1] == f"{model_path.stem}#2"  # the engine's internal, de-duplicated name
     too_long = "word " * 2000
@@ -229,6 +239,8 @@ def _check_users_model_name(model_path: Path, private_engine: EmbeddingEngine) -
         with pytest.raises(InvalidInputError) as info:
             asyncio.run(client.aembed_documents([too_long]))
         assert "#" not in str(info.value)
-    collecting = EmbeddingClient(model_path, engine=private_engine, normalize=False, truncate=False, on_error="collect")
+    collecting = EmbeddingClient(
+        model_path, engine=private_engine, normalize=False, long_text_mode="raise", on_error="collect"
+    )
     assert collecting.embed_documents(["fine", too_long])[1] is None
     assert collecting.last_errors[1].model_name == model_path.stem

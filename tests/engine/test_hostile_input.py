@@ -121,7 +121,7 @@ def test_one_megabyte_text_is_refused_or_truncated(engine: EmbeddingEngine, mode
     from embellama import ModelConfig
 
     with EmbeddingEngine(cache_size=0) as eng:
-        eng.load_model(ModelConfig(model_path=model_path, model_name="t", truncate=True))
+        eng.load_model(ModelConfig(model_path=model_path, model_name="t", long_text_mode="truncate"))
         cut = eng.embed("t", big, output="numpy")
         at_limit = eng.embed("t", "word " * (LIMIT - 2), output="numpy")
     np.testing.assert_allclose(cut, at_limit, atol=BATCH_TOL)  # truncation keeps the first 254 words + [SEP]
@@ -228,14 +228,14 @@ def test_any_python_str_is_a_vector_or_a_typed_error(engine: EmbeddingEngine, te
 # ---------------------------------------------------------------------- adapters
 @pytest.fixture(scope="module")
 def adapters(model_path: Any) -> list[Any]:
-    """The LangChain and LlamaIndex adapters on the default model in strict mode (``truncate=False``; the adapters
-    cut over-long texts by default), with small batches (errors cross batches)."""
+    """The LangChain and LlamaIndex adapters on the default model in strict mode (``long_text_mode="raise"``; the
+    adapters cut over-long texts by default), with small batches (errors cross batches)."""
     from embellama_integrations.langchain import EmbellamaEmbeddings
     from embellama_integrations.llama_index import EmbellamaEmbedding
 
     return [
-        EmbellamaEmbeddings(model_path=str(model_path), truncate=False),
-        EmbellamaEmbedding(model_path=str(model_path), embed_batch_size=2, truncate=False),
+        EmbellamaEmbeddings(model_path=str(model_path), long_text_mode="raise"),
+        EmbellamaEmbedding(model_path=str(model_path), embed_batch_size=2, long_text_mode="raise"),
     ]
 
 

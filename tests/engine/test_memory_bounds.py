@@ -44,7 +44,7 @@ def rss():
     return proc.memory_info().rss / 1e6
 engine = EmbeddingEngine()
 engine.load_model(ModelConfig(model_path=sys.argv[1] if len(sys.argv) > 1 else {path!r}, model_name="m",
-                              truncate=True))
+                              long_text_mode="truncate"))
 """
 
 
@@ -151,7 +151,7 @@ def test_a_prompt_over_the_limit_is_an_invalid_input_naming_the_prompt(engine: E
 
 def test_a_prompt_over_the_limit_is_refused_when_long_inputs_are_cut(model_path: Path) -> None:
     with EmbeddingEngine(cache_size=0) as eng:
-        eng.load_model(ModelConfig(model_path=model_path, model_name="cut", truncate=True, n_workers=1))
+        eng.load_model(ModelConfig(model_path=model_path, model_name="cut", long_text_mode="truncate", n_workers=1))
         with pytest.raises(InvalidInputError, match=r"^prompt") as info:
             eng.embed_batch("cut", ["a", "b"], prompt="word " * 260)
         assert info.value.n_tokens == 262
@@ -189,7 +189,7 @@ def test_nothing_keeps_a_text_after_its_request(model_path: Path) -> None:
     """The cache, the plan and the results drop every reference to the caller's texts (keys are digests)."""
     text = "a long document about llamas " * 20_000  # ~580 KB, cut to the limit
     with EmbeddingEngine() as eng:
-        eng.load_model(ModelConfig(model_path=model_path, model_name="m", truncate=True, n_workers=1))
+        eng.load_model(ModelConfig(model_path=model_path, model_name="m", long_text_mode="truncate", n_workers=1))
         refs = sys.getrefcount(text)
         eng.embed_batch("m", [text, "short", text])
         eng.embed("m", text, prompt="query: ")
@@ -297,7 +297,7 @@ def test_a_duplicated_bad_text_names_the_first_index_or_each_index(model_path: P
 def test_duplicates_of_cut_and_cached_texts_are_reported_and_counted(model_path: Path) -> None:
     long_text = "word " * 400
     with EmbeddingEngine() as eng:
-        eng.load_model(ModelConfig(model_path=model_path, model_name="m", truncate=True, n_workers=1))
+        eng.load_model(ModelConfig(model_path=model_path, model_name="m", long_text_mode="truncate", n_workers=1))
         first = Request.embeddings(eng.registry, "m", [long_text, "a", long_text], output="numpy")
         plan = first.plan()
         first.run()

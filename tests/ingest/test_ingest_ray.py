@@ -104,7 +104,9 @@ def test_ray_reads_a_line_over_4_mb_and_refuses_a_corrupt_corpus(cluster: str, t
     corpus = write_jsonl(tmp_path / "c.jsonl", 0, 300)
     with corpus.open("a") as f:
         f.write(json.dumps({"id": "big", "text": "word " * 1_000_000, "n": -1}) + "\n")
-    report = ingest(corpus, tmp_path / "db", model_path=tiny, pooling="mean", ray_address=cluster, truncate=True)
+    report = ingest(
+        corpus, tmp_path / "db", model_path=tiny, pooling="mean", ray_address=cluster, long_text_mode="truncate"
+    )
     assert report.table_rows == 301
     bad = write_jsonl(tmp_path / "bad.jsonl", 0, 1000, bad_rows={500: "{not json"})
     with pytest.raises(InvalidInputError, match="Ray's reader could not parse the corpus"):

@@ -103,7 +103,7 @@ def test_actors_size_their_threads_to_their_cpus(local_ray: str, model_path: Pat
 def test_bad_rows_collected_keep_their_row(local_ray: str, model_path: Path) -> None:
     rows = _corpus(300)
     rows[7]["text"] = None
-    rows[150]["text"] = "word " * 400  # over 256 tokens, and truncate is off as in local use
+    rows[150]["text"] = "word " * 400  # over 256 tokens, and long_text_mode is "raise" as in local use
     out = embed_dataset(
         ray.data.from_items(rows), model_path=model_path, id_column="id", on_error="collect", num_actors=2
     ).take_all()

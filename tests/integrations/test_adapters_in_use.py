@@ -145,14 +145,14 @@ def test_langchain_faiss_rag_chain_with_long_documents(model_path: Path, caplog:
     corpus = _corpus()
     docs = [LCDocument(page_content=text, metadata={"key": key}) for key, text in corpus.items()]
     embeddings = EmbellamaEmbeddings(model_path=str(model_path))
-    assert embeddings.truncate is True  # the adapters' default
+    assert embeddings.long_text_mode == "truncate"  # the adapters' default
     caplog.set_level(logging.WARNING, logger="embellama.engine.truncation")
     store = FAISS.from_documents(docs, embeddings)
     warnings = _truncation_warnings(caplog)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     message = warnings[0].getMessage()
     print(f"\ntruncation warning: {message}")
-    assert f"{len(LONG)} of {len(docs)} texts" in message and "truncate=False" in message
+    assert f"{len(LONG)} of {len(docs)} texts" in message and "long_text_mode='raise'" in message
     assert store.index.ntotal == len(docs)
 
     retriever = store.as_retriever(search_kwargs={"k": 1})
@@ -212,7 +212,7 @@ def test_truncation_warning_also_when_the_cut_vectors_come_from_the_cache(
 def test_strict_mode_refuses_before_embedding_anything(
     model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    strict = EmbellamaEmbeddings(model_path=str(model_path), truncate=False)
+    strict = EmbellamaEmbeddings(model_path=str(model_path), long_text_mode="raise")
     texts = [*_unique(70, "strict"), _long("volcano")]  # > 64 texts: several jobs; the LAST one is too long
     decodes = _count_decodes(monkeypatch)
     with pytest.raises(InvalidInputError) as info:
@@ -246,7 +246,7 @@ def test_llama_index_default_splitter_with_long_documents(model_path: Path, capl
     caplog.set_level(logging.WARNING, logger="embellama.engine.truncation")
     index = VectorStoreIndex.from_documents([LIDocument(text=t, id_=k) for k, t in corpus.items()], embed_model=embed)
     assert _truncation_warnings(caplog), "over-long chunks are cut with a warning"
-    assert all("truncate=False" in r.getMessage() for r in _truncation_warnings(caplog))
+    assert all("long_text_mode='raise'" in r.getMessage() for r in _truncation_warnings(caplog))
     retriever = index.as_retriever(similarity_top_k=1)
     found = {q: retriever.retrieve(q)[0].node.ref_doc_id for q in QUERIES}
     assert found == QUERIES
@@ -265,7 +265,7 @@ def test_llama_index_one_truncation_warning_per_call(model_path: Path, caplog: p
 
 
 def test_llama_index_strict_mode_names_the_callers_index(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    embed = EmbellamaEmbedding(str(model_path), truncate=False, embed_batch_size=5)
+    embed = EmbellamaEmbedding(str(model_path), long_text_mode="raise", embed_batch_size=5)
     texts = [*_unique(12, "li-strict"), _long("guitar")]
     with pytest.raises(InvalidInputError) as info:
         embed.get_text_embedding_batch(texts)

@@ -71,6 +71,8 @@ def test_every_foreign_keyword_is_refused_naming_its_replacement(where: str) -> 
         ({"model": "nomic-embed-text"}, r"'model': model_path=.*from_pretrained"),
         ({"multi_process": True}, r"'multi_process': n_workers="),
         ({"batch_size": 64}, r"'batch_size': drop it: .*batch_tokens="),
+        ({"truncate": True}, r"'truncate': use long_text_mode='truncate' \(truncate=True\)"),
+        ({"truncate": False}, r"'truncate': .*long_text_mode='raise' \(truncate=False\)"),
         ({"normalise": True}, r"'normalise': did you mean normalize=\?"),
         ({"colour": 1}, r"'colour': not an embellama option"),
     ],
@@ -127,6 +129,7 @@ def test_options_table_states_the_code_defaults() -> None:
     assert rows["normalize"] == "`True`" and rows["request_timeout"] == "`300.0`" and rows["isolation"] == '`"thread"`'
     assert rows["prompts"].startswith("the model family's")  # not "" (the README once said so)
     assert rows["n_workers"].startswith("one per usable core")
+    assert rows["long_text_mode"] == '`"raise"`' and "truncate" not in rows  # one long-text option
 
 
 def test_readme_adapter_table_states_the_family_prompt_default() -> None:

@@ -172,11 +172,11 @@ _ASSERT_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_chec
     batch_tokens=st.sampled_from([1, 2, 7, 8, 16, 255, 256, 257, 300, 512]),
     max_texts=st.sampled_from([1, 2, 3, 7, 8, 16, 64, 256]),
     max_tokens=st.sampled_from([None, 1, 2, 3, 16, 256]),
-    truncate=st.booleans(),
+    long_text_mode=st.sampled_from(["raise", "truncate"]),
     pooling=st.sampled_from(["model", "mean", "cls", "last", "max", "mean_sqrt_len"]),
 )
 def test_option_combinations_are_refused_or_safe(
-    model_path: Path, batch_tokens: int, max_texts: int, max_tokens: int | None, truncate: bool, pooling: str
+    model_path: Path, batch_tokens: int, max_texts: int, max_tokens: int | None, long_text_mode: str, pooling: str
 ) -> None:
     """Any combination either fails validation up front or embeds every input length without aborting.
 
@@ -188,7 +188,7 @@ def test_option_combinations_are_refused_or_safe(
             batch_tokens=batch_tokens,
             max_texts_per_decode=max_texts,
             max_tokens=max_tokens,
-            truncate=truncate,
+            long_text_mode=long_text_mode,
             pooling=pooling,
         )
     except ConfigurationError:
@@ -200,6 +200,6 @@ def test_option_combinations_are_refused_or_safe(
         try:
             rows = model.embed(texts)
         except InvalidInputError as exc:
-            assert not truncate and exc.n_tokens is not None and exc.n_tokens > limit
+            assert long_text_mode == "raise" and exc.n_tokens is not None and exc.n_tokens > limit
             rows = model.embed([t for t in texts if len(model.tokenize(t)) <= limit])
     assert np.isfinite(rows).all() and rows.shape[1] == 384

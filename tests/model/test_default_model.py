@@ -135,7 +135,8 @@ def test_default_weight_type_follows_the_cpu_and_the_environment(monkeypatch: py
     monkeypatch.delenv(dm.WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert dm.default_weight_type() == "bf16"
-    assert dm.default_model_file() == dm.DEFAULT_MODEL_FILE == f"all-MiniLM-L6-v2-bf16-w{WRITER_VERSION}.gguf"
+    assert dm.default_model_file() == f"all-MiniLM-L6-v2-bf16-w{WRITER_VERSION}.gguf"
+    assert not hasattr(dm, "DEFAULT_MODEL_FILE")  # no compatibility name before 0.1.0: default_model_file()
     monkeypatch.setattr(dm, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert dm.default_weight_type() == "f16"
     assert dm.default_model_file() == f"all-MiniLM-L6-v2-f16-w{WRITER_VERSION}.gguf"

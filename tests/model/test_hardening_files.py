@@ -88,7 +88,7 @@ with EmbeddingModel(ModelConfig(model_path=path)) as model:
         out["strict"] = "embedded"
     except InvalidInputError as exc:
         out["strict"] = str(exc)
-with EmbeddingModel(ModelConfig(model_path=path, truncate=True)) as model:
+with EmbeddingModel(ModelConfig(model_path=path, long_text_mode="truncate")) as model:
     row = model.embed([text])[0]
     out["truncated_norm"] = float((row * row).sum())
 with EmbeddingEngine(cache_size=0) as engine:

@@ -64,12 +64,15 @@ def test_truncation_policy(model_path: Path) -> None:
     long_text = "word " * 400  # 402 tokens
     with EmbeddingModel(ModelConfig(model_path=model_path)) as strict:
         with pytest.raises(InvalidInputError) as info:
-            strict.prepare(long_text, 7)
+            strict.prepare_input(long_text)
         err = info.value
-        assert (err.index, err.n_tokens, err.limit) == (7, 402, 256)
-        assert "402 tokens" in str(err) and "256" in str(err) and "index 7" in str(err)
-    with EmbeddingModel(ModelConfig(model_path=model_path, truncate=True)) as lenient:
-        tokens = lenient.prepare(long_text)
+        assert (err.index, err.n_tokens, err.limit) == (None, 402, 256)
+        assert "402 tokens" in str(err) and "256" in str(err)
+        with pytest.raises(InvalidInputError) as info:
+            strict.embed(["a short text", long_text])  # the round names the caller's index
+        assert (info.value.index, info.value.n_tokens) == (1, 402) and "index 1" in str(info.value)
+    with EmbeddingModel(ModelConfig(model_path=model_path, long_text_mode="truncate")) as lenient:
+        tokens = lenient.prepare_input(long_text).tokens
         assert len(tokens) == 256 and tokens[0] == 101 and tokens[-1] == 102  # [SEP] kept
         cut = lenient.embed([long_text])
         exact = lenient.embed_tokens([tokens])

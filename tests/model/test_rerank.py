@@ -98,14 +98,14 @@ def test_a_thousand_documents_many_pairs_per_decode(reranker: EmbeddingEngine, c
 def test_over_long_documents_are_cut_or_refused(ce: CrossEncoderFixture) -> None:
     long_document = "llamas graze in the high Andes " * 120  # ~700 tokens with the query: over 512
     with EmbeddingEngine(cache_size=0) as eng:
-        eng.load_model(ModelConfig(model_path=ce.gguf_path, model_name="cut", truncate=True, n_workers=1))
+        eng.load_model(ModelConfig(model_path=ce.gguf_path, model_name="cut", long_text_mode="truncate", n_workers=1))
         eng.load_model(ModelConfig(model_path=ce.gguf_path, model_name="strict", n_workers=1))
         cut = eng.rerank("cut", SAMPLE_QUERY, ["short", long_document])
         assert np.isfinite(cut.scores).all()
         with pytest.raises(InvalidInputError) as info:
             eng.rerank("strict", SAMPLE_QUERY, ["short", "fine", long_document])
         assert info.value.index == 2 and info.value.n_tokens is not None and info.value.n_tokens > 512
-        assert info.value.limit == 512 and "truncate=True" in info.value.reason
+        assert info.value.limit == 512 and "long_text_mode='truncate'" in info.value.reason
         with pytest.raises(InvalidInputError, match="query alone"):
             eng.rerank("cut", long_document * 2, ["a document"])  # the query is never cut
 

@@ -16,8 +16,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,17 +26,22 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 from pydantic import SecretStr
-from starlette.applications import Starlette
 
-from embellama import EmbeddingEngine, InvalidInputError, ModelConfig
+from embellama import EmbeddingEngine, InvalidInputError
 from embellama.server.app import ServerLimits, create_app
-from tests.fixtures.rerankers import SAMPLE_DOCUMENTS, SAMPLE_QUERY, CrossEncoderFixture, cross_encoder
+from tests.fixtures.rerankers import SAMPLE_DOCUMENTS, SAMPLE_QUERY, CrossEncoderFixture
+from tests.fixtures.servers import (
+    HOST,
+    MODEL,
+    RERANKER,
+    error_of,
+    metric_values,
+    running,
+    serve_process,
+    still_serving,
+)
 
-MODEL = "minilm"
-RERANKER = "rr"
-HOST = "127.0.0.1"  # loopback only
 TEXTS = [
     "The cat sat on the mat.",
     "Quantum computers use qubits.",
@@ -51,28 +54,6 @@ LONG_TEXT = "embedding " * 300  # over the model's 256-token limit
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def running(app: Starlette) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (an ephemeral port) in a thread; yield its base URL; stop it after."""
-    config = uvicorn.Config(app, host=HOST, port=0, log_level="warning", lifespan="on", timeout_keep_alive=30)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive(), "uvicorn did not stop within 30 s"
 
 
 def cosines(a: Any, b: Any) -> np.ndarray:
@@ -88,49 +69,7 @@ def assert_same_vectors(got: Any, want: Any, floor: float = 0.9999) -> None:
     assert sims.min() >= floor, f"cosines {np.round(sims, 6).tolist()}"
 
 
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    """The OpenAI-shaped error of a response (and checks the shape)."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return dict(body["error"])
-
-
-def metric_values(text: str) -> dict[str, float]:
-    """``{"name{labels}": value}`` from Prometheus' text format."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 # ----------------------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def ce() -> CrossEncoderFixture:
-    return cross_encoder()
-
-
-@pytest.fixture(scope="module")
-def served(model_path: Path, ce: CrossEncoderFixture) -> Iterator[EmbeddingEngine]:
-    """The engine behind the module's server: default options (the cache on, as ``embellama serve`` has it)."""
-    eng = EmbeddingEngine()
-    try:
-        eng.load_model(ModelConfig(model_path=model_path, model_name=MODEL))
-        eng.load_model(ModelConfig(model_path=ce.gguf_path, model_name=RERANKER))
-        yield eng
-    finally:
-        eng.close()
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +80,6 @@ def url(served: EmbeddingEngine) -> Iterator[str]:
     assert served.is_closed, "the server did not close its engine on shutdown"
 
 
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield client
-
-
 @pytest.fixture
 def ref(engine: EmbeddingEngine) -> EmbeddingEngine:
     """The reference: a separate engine with the same GGUF as ``minilm`` (conftest's, no cache)."""
@@ -155,9 +88,7 @@ def ref(engine: EmbeddingEngine) -> EmbeddingEngine:
 
 def assert_still_serving(http: httpx.Client, ref: EmbeddingEngine) -> None:
     """A normal request still succeeds and is right."""
-    response = http.post("/v1/embeddings", json={"model": MODEL, "input": ["still serving?"]})
-    assert response.status_code == 200, response.text
-    assert_same_vectors([response.json()["data"][0]["embedding"]], [ref.embed(MODEL, "still serving?")])
+    assert_same_vectors([still_serving(http)], [ref.embed(MODEL, "still serving?")])
 
 
 # -------------------------------------------------------------------------------------------------- OpenAI client
@@ -556,23 +487,12 @@ def test_metrics_count_requests(http: httpx.Client) -> None:
 def test_cli_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(
     model_path: Path, ce: CrossEncoderFixture, ref: EmbeddingEngine
 ) -> None:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "embellama.cli", "serve", "--model", str(model_path), "--model-name", MODEL,
-        "--model", str(ce.gguf_path), "--model-name", RERANKER, "--host", HOST, "--port", str(port), "--truncate",
+    args = [
+        "--model", str(model_path), "--model-name", MODEL,
+        "--model", str(ce.gguf_path), "--model-name", RERANKER, "--truncate",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://{HOST}:{port}"
-    try:
+    with serve_process(args) as (process, base, log):
         with httpx.Client(base_url=base, timeout=10) as c:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, process.communicate()[0].decode(errors="replace")
-                assert time.monotonic() < deadline, "embellama serve did not start within 60 s"
-                with contextlib.suppress(httpx.TransportError):
-                    if c.get("/health").status_code == 200:
-                        break
-                time.sleep(0.1)
             assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {MODEL, RERANKER}
             cut = c.post("/v1/embeddings", json={"model": MODEL, "input": LONG_TEXT})  # --truncate: cut, no 400
             assert cut.status_code == 200, cut.text
@@ -602,13 +522,10 @@ def test_cli_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(
         got = [d["embedding"] for d in response.json()["data"]]
         assert len(got) == len(texts)
         assert_same_vectors(got[:4], ref.embed_batch(MODEL, texts[:4]))
-        output = process.communicate(timeout=60)[0].decode(errors="replace")
+        process.wait(60)
+        output = log.read_text(errors="replace")
         assert "Application shutdown complete" in output, output
         assert process.returncode == 0, f"exit status {process.returncode}\n{output[-2000:]}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 async def test_benchmark_measure_smoke(url: str) -> None:

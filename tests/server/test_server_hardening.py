@@ -19,13 +19,10 @@ import contextlib
 import json
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,130 +30,30 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from embellama import ConfigurationError, EmbeddingEngine, ModelConfig
-from embellama.server.app import ServerLimits, build_server, create_app
+from embellama.server.app import ServerLimits, create_app
 from embellama.server.metrics import Metrics
-from tests.fixtures.rerankers import CrossEncoderFixture, cross_encoder
-
-MODEL = "minilm"
-RERANKER = "rr"
-HOST = "127.0.0.1"  # loopback only
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def hardened(app: Starlette) -> Iterator[str]:
-    """Serve ``app`` with :func:`build_server` (guard, drain) on an ephemeral loopback port in a thread."""
-    server = build_server(app, host=HOST, port=0, log_level="warning")
-    thread = threading.Thread(target=server.run, name="uvicorn-hardened", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        assert not thread.is_alive(), "uvicorn did not stop within 60 s"
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    """The OpenAI-shaped error of a response (and checks the shape)."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    return dict(body["error"])
-
-
-def metric_values(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve_process(args: list[str], *, nofile: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """``python -m embellama.cli serve ARGS`` on a free loopback port (optionally with a lower open-file limit);
-    yields the process, its base URL and its log file once ``/health`` answers 200."""
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="embellama-serve-", suffix=".log")[1])
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    command = [sys.executable, "-m", "embellama.cli", "serve", "--host", HOST, "--port", str(port), *args]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   preexec_fn=limit)  # fmt: skip
-    base = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "embellama serve did not start within 90 s"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield process, base, log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        log.unlink(missing_ok=True)
-
+from tests.fixtures.servers import (
+    HOST,
+    MODEL,
+    RERANKER,
+    error_of,
+    free_port,
+    hardened,
+    metric_values,
+    serve_process,
+    still_serving,
+)
 
 # ----------------------------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def ce() -> CrossEncoderFixture:
-    return cross_encoder()
-
-
-@pytest.fixture(scope="module")
-def served(model_path: Path, ce: CrossEncoderFixture) -> Iterator[EmbeddingEngine]:
-    eng = EmbeddingEngine()
-    try:
-        eng.load_model(ModelConfig(model_path=model_path, model_name=MODEL))
-        eng.load_model(ModelConfig(model_path=ce.gguf_path, model_name=RERANKER))
-        yield eng
-    finally:
-        eng.close()
-
-
-@pytest.fixture(scope="module")
 def url(served: EmbeddingEngine) -> Iterator[str]:
+    """The module's hardened server (guard, drain); the engine outlives it (``close_engine=False``)."""
     with hardened(create_app(served, close_engine=False)) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield client
-
-
-def assert_still_serving(http: httpx.Client) -> None:
-    response = http.post("/v1/embeddings", json={"model": MODEL, "input": ["still serving?"]})
-    assert response.status_code == 200, response.text
 
 
 # ------------------------------------------------------------------------------------------------ defect 3: slowloris
@@ -325,7 +222,7 @@ def test_deeply_nested_json_is_a_400(http: httpx.Client, body: bytes, param: str
         response = http.post(path, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text[:300]
         assert error_of(response)["type"] == "invalid_request_error"
-    assert_still_serving(http)
+    still_serving(http)
 
 
 @pytest.mark.parametrize(("path", "body", "param"), [c[1:] for c in BAD_FIELDS], ids=[c[0] for c in BAD_FIELDS])
@@ -336,7 +233,7 @@ def test_every_field_of_the_wrong_type_is_a_400_naming_it(
     assert response.status_code == 400, response.text
     error = error_of(response)
     assert error["param"] == param and error["type"] == "invalid_request_error", error
-    assert_still_serving(http)
+    still_serving(http)
 
 
 def test_lone_surrogates_in_any_text_field_are_a_400(http: httpx.Client) -> None:
@@ -351,7 +248,7 @@ def test_lone_surrogates_in_any_text_field_are_a_400(http: httpx.Client) -> None
         response = http.post(path, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400, (param, response.text)
         assert error_of(response)["param"] == param, response.text
-    assert_still_serving(http)
+    still_serving(http)
 
 
 # ---------------------------------------------------------------------------- item 1: tokens, prompt amplification

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.test_server_hardening import MODEL, serve_process
+from tests.fixtures.servers import MODEL, serve_process
 
 WARM_UP = 1_000
 REQUESTS = 10_000

@@ -1,4 +1,4 @@
-"""Pure logic: pooling math, normalization, Matryoshka truncation, decode planning, GGUF header, cache."""
+"""Pure logic: decode planning, GGUF header, cache (the heads' math is in tests/unit/heads)."""
 
 from __future__ import annotations
 
@@ -11,37 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from embellama import ModelLoadError, ModelNotFoundError, Pooling
+from embellama import ModelLoadError, ModelNotFoundError
 from embellama.engine.cache import EmbeddingCache
 from embellama.files.gguf import check_model_file, read_header
 from embellama.model.batching import plan_decodes
-from embellama.model.pooling import normalize, pool_tokens, postprocess, truncate_dimensions
-
-
-def test_pool_tokens_semantics() -> None:
-    tokens = np.array([[1.0, -2.0], [3.0, 4.0], [5.0, 0.0], [-1.0, 2.0]], dtype=np.float32)
-    np.testing.assert_allclose(pool_tokens(tokens, Pooling.MEAN), [2.0, 1.0])
-    np.testing.assert_allclose(pool_tokens(tokens, Pooling.MAX), [5.0, 4.0])
-    np.testing.assert_allclose(pool_tokens(tokens, Pooling.MEAN_SQRT_LEN), [4.0, 2.0])
-    np.testing.assert_allclose(pool_tokens(tokens, Pooling.CLS), [1.0, -2.0])
-    np.testing.assert_allclose(pool_tokens(tokens, Pooling.LAST), [-1.0, 2.0])
-    with pytest.raises(ValueError):
-        pool_tokens(tokens, Pooling.MODEL)
-    with pytest.raises(ValueError):
-        pool_tokens(np.zeros((0, 2), dtype=np.float32), Pooling.MEAN)
-
-
-def test_normalize_keeps_zero_rows_finite() -> None:
-    out = normalize(np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32))
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
-
-
-def test_matryoshka_truncates_then_renormalizes() -> None:
-    v = np.array([[3.0, 4.0, 12.0]], dtype=np.float32)
-    assert truncate_dimensions(v, None) is v
-    out = postprocess(v, dimensions=2, normalize_output=True)
-    np.testing.assert_allclose(out, [[0.6, 0.8]])
-    np.testing.assert_allclose(postprocess(v, dimensions=2, normalize_output=False), [[3.0, 4.0]])
 
 
 @given(

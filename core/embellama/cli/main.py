@@ -28,11 +28,6 @@ from embellama.model.families import detect_family, is_causal
 __all__ = ["main"]
 
 
-def _long_texts(ns: argparse.Namespace) -> bool:
-    """``truncate`` for ``--truncate`` / ``--strict``: cut by default, as the LangChain and LlamaIndex adapters do."""
-    return not ns.strict
-
-
 def _invalid_input(exc: InvalidInputError, lines: Lines) -> CommandError:
     """``exc`` in the command's terms: the input line, and the flag that changes the behaviour."""
     where = "input" if exc.index is None or exc.index >= len(lines.numbers) else f"line {lines.line(exc.index)}"
@@ -72,7 +67,7 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
             ns,
             pooling=ns.pooling,
             normalize=not ns.no_normalize,
-            truncate=_long_texts(ns),
+            long_text_mode=ns.long_text_mode,
             dimensions=ns.dimensions,
         )
         prompt = _prompt(engine, name, ns)
@@ -94,7 +89,8 @@ def _cmd_embed(ns: argparse.Namespace) -> int:
 def _cmd_rerank(ns: argparse.Namespace) -> int:
     lines = read_lines(ns.input, text_field=ns.text_field, skip_blank=ns.skip_blank)
     with command_warnings(lines.line), EmbeddingEngine(cache_size=0) as engine:
-        name = engine.load_model(ModelConfig(model_path=ns.model, truncate=_long_texts(ns), n_threads=ns.threads)).name
+        config = ModelConfig(model_path=ns.model, long_text_mode=ns.long_text_mode, n_threads=ns.threads)
+        name = engine.load_model(config).name
         try:
             ranking = engine.rerank(name, ns.query, lines.texts, top_n=ns.top_n, normalize=ns.normalize)
         except InvalidInputError as exc:
@@ -136,7 +132,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         port=ns.port,
         api_key=ns.api_key or os.environ.get("EMBELLAMA_API_KEY") or None,
         limits=ServerLimits(**limits),
-        truncate=ns.truncate,
+        long_text_mode=ns.long_text_mode,
         **options,
     )
     return 0
@@ -191,7 +187,7 @@ def _cmd_ingest(ns: argparse.Namespace) -> int:
         print(f"embellama ingest needs lancedb and pyarrow (pip install lancedb): {exc}", file=sys.stderr)
         return 2
     report, close = _progress_bar(unit="row", quiet=ns.quiet, force=ns.progress)
-    options: dict[str, Any] = {"truncate": True} if ns.truncate else {}
+    options: dict[str, Any] = {"long_text_mode": ns.long_text_mode}
     if ns.pooling != "model":
         options["pooling"] = ns.pooling
     try:
@@ -263,12 +259,32 @@ def _input_options(cmd: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _long_text_options(cmd: argparse.ArgumentParser, what: str) -> None:
+def _long_text_options(cmd: argparse.ArgumentParser, what: str, *, default: str) -> None:
+    """``--long-text-mode`` (``ModelConfig.long_text_mode``), with ``--truncate`` as its short form, and
+    ``--strict`` (``raise``) where cutting is the default."""
     group = cmd.add_mutually_exclusive_group()
     group.add_argument(
-        "--truncate", action="store_true", help=f"cut over-long {what} to the model's limit, with a warning (default)"
+        "--long-text-mode",
+        choices=["raise", "truncate", "mean"],
+        help=f"over-long {what}: refuse them (raise), cut them to the model's limit with a warning (truncate), or "
+        f"embed their chunks and average them (mean); default: {default}",
     )
-    group.add_argument("--strict", action="store_true", help=f"refuse over-long {what} instead of cutting them")
+    group.add_argument(
+        "--truncate",
+        dest="long_text_mode",
+        action="store_const",
+        const="truncate",
+        help=f"cut over-long {what} to the model's limit, with a warning (--long-text-mode truncate)",
+    )
+    if default == "truncate":
+        group.add_argument(
+            "--strict",
+            dest="long_text_mode",
+            action="store_const",
+            const="raise",
+            help=f"refuse over-long {what} instead of cutting them (--long-text-mode raise)",
+        )
+    cmd.set_defaults(long_text_mode=default)
 
 
 def _version() -> str:
@@ -299,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="put the model's query or document prompt in front of each text (none if the model has none)",
     )
     prompts.add_argument("--prompt", help="put this text in front of each text (e.g. 'query: ')")
-    _long_text_options(embed, "lines")
+    _long_text_options(embed, "lines", default="truncate")
     embed.add_argument("--dimensions", type=_positive, help="Matryoshka: keep the first N dimensions")
     embed.add_argument("--threads", type=_positive, help="threads for the model")
     _progress_options(embed)
@@ -310,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--query", required=True, help="the query")
     rerank.add_argument("-n", "--top-n", type=_positive, default=None, help="print only the N best")
     rerank.add_argument("--normalize", action="store_true", help="sigmoid scores to 0..1")
-    _long_text_options(rerank, "documents")
+    _long_text_options(rerank, "documents", default="truncate")
     rerank.add_argument("--threads", type=_positive, default=None, help="threads for the model")
     rerank.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     rerank.set_defaults(func=_cmd_rerank)
@@ -320,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", default=None, help="require this bearer token (default: $EMBELLAMA_API_KEY)")
-    srv.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of answering 400")
+    _long_text_options(srv, "inputs (answered 400 by default)", default="raise")
     srv.add_argument("--isolation", choices=["thread", "process"], help="run each model in a child process "
                      "(a native crash then fails its requests instead of the server; default: thread)")  # fmt: skip
     srv.add_argument("--drain-seconds", type=float, help="at SIGTERM, seconds requests in flight get to finish "
@@ -350,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-compact", action="store_true", help="do not compact the table's fragments at the end")
     ing.add_argument("--write-rows", type=int, default=8192, help="rows per table commit (default: 8192)")
     ing.add_argument("--pooling", default="model", choices=[p.value for p in Pooling])
-    ing.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
+    _long_text_options(ing, "texts (failing the run by default)", default="raise")
     ing.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (listed) instead of failing")
     _progress_options(ing)
     ing.set_defaults(func=_cmd_ingest)

@@ -115,7 +115,7 @@ class EmbeddingClient(FromPretrained):
             text gets its vector and each bad one ``None``; the errors are in :attr:`last_errors` and logged.
         preload: Load the model now instead of on first use. Defaults to False.
         **model_options: Any :class:`~embellama.config.ModelConfig` option (``pooling``, ``normalize``,
-            ``dimensions``, ``truncate``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
+            ``dimensions``, ``long_text_mode``, ``max_tokens``, ``n_workers``, ``isolation``, ...), passed through.
             A keyword of another library (``device``, ``max_length``, ``n_ctx``, ``model_kwargs``, ...) raises,
             naming the embellama equivalent (see :mod:`embellama.migration`).
 
@@ -260,14 +260,14 @@ class EmbeddingClient(FromPretrained):
         else:
             engine, name = self.ensure_loaded()
             config = engine.registry.model_config(name)
-        pooling, normalize, dims, _truncate, max_tokens, long_texts, add_eos = config.output_options()
+        pooling, _normalize, dims, max_tokens, long_texts, add_eos, _mode, _p = config.output_options()
         prompt = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:8]
         parts = [
             "embellama",
             _SAFE.sub("_", config.name),
             file_fingerprint(config.model_path),
             str(pooling),
-            f"norm{int(normalize)}",
+            _norm_part(config),
             f"dims{dims or 'all'}",
             f"long-{long_texts}",
             f"eos{'-model' if add_eos is None else int(add_eos)}",
@@ -487,6 +487,16 @@ class _OuterBar:
 
 
 _OUTER_BAR: ContextVar[_OuterBar | None] = ContextVar("embellama_outer_progress", default=None)
+
+
+def _norm_part(config: ModelConfig) -> str:
+    """The namespace part naming how vectors are normalized: ``norm1`` (L2) and ``norm0`` (none) as before the
+    other modes existed, so namespaces already in use stay the same."""
+    if not config.normalize or config.normalization == "none":
+        return "norm0"
+    if config.normalization == "p_norm":
+        return f"norm-p{config.norm_p!r}"
+    return "norm1" if config.normalization == "l2" else f"norm-{config.normalization}"
 
 
 def _default_model_file() -> Path:

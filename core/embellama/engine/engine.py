@@ -316,7 +316,8 @@ class EmbeddingEngine:
             name: A loaded reranker's name (``ModelInfo.kind == "reranker"``).
             query: The query (never cut).
             documents: The texts to score; an over-long pair loses the end of its document with
-                ``truncate=True``, else raises ``InvalidInputError`` naming the document's index and token counts.
+                ``long_text_mode="truncate"`` (or ``"mean"``), else raises ``InvalidInputError`` naming the
+                document's index and token counts.
             top_n: How many documents ``Reranking.top`` keeps (by descending score). Defaults to all.
             normalize: Map single-logit scores through a sigmoid to 0..1. Defaults to False (raw head output).
 

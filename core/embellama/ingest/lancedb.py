@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embellama.errors import ConfigurationError
-from embellama.ingest.ray import error_column_name
+from embellama.ingest.columns import error_column_name
 
 __all__ = [
     "STAGING_SUFFIX",

@@ -24,6 +24,7 @@ from embellama.engine.client import EmbeddingClient
 from embellama.engine.engine import EmbeddingEngine
 from embellama.engine.planning import OnError
 from embellama.errors import ConfigurationError, InvalidInputError
+from embellama.ingest.columns import error_column_name
 from embellama.ingest.model_files import ModelFile, check_nodes, driver_model_file, local_model_path, ship
 from embellama.ingest.workers import resolve_model_path, thread_options
 
@@ -57,11 +58,6 @@ def actor_cpus() -> int | None:
 
 
 _thread_options = thread_options  # the name this module had for it
-
-
-def error_column_name(output_column: str) -> str:
-    """The column that holds each row's error with ``on_error="collect"`` (``None`` where the row embedded)."""
-    return f"{output_column}_error"
 
 
 def prepare_model(path: str | Path, *, ship_model: bool = False) -> ModelFile:
@@ -103,7 +99,7 @@ class EmbedBatch:
         text_column: Column holding the texts. Defaults to ``"text"``.
         output_column: Column to add with the vectors (fixed-size lists of float32). Defaults to ``"embedding"``.
         id_column: Column that identifies a row; errors name it. Defaults to none (errors name the text).
-        on_error: ``"raise"`` (default): a bad row (not a string, too long with ``truncate=False``) fails the
+        on_error: ``"raise"`` (default): a bad row (not a string, too long with ``long_text_mode="raise"``) fails the
             job, naming it. ``"collect"``: the row is kept with a null vector and its error in
             ``<output_column>_error``.
         document_instruction: Prefix for every text. Defaults to the model family's document prompt, if any.

@@ -1,8 +1,9 @@
 """``EmbeddingModel``: one model instance (shared weights + its own context) implementing the model contract.
 
-The scheduler drives it through :class:`~embellama.model.contract.EncoderModel`: ``prepare`` (validate the length and
-tokenize), ``plan`` (pack prepared texts into decodes), ``forward`` (one decode, pooled rows) and ``postprocess``
-(Matryoshka truncation, normalization). An ``EmbeddingModel`` is **not thread-safe** (llama.cpp contexts are
+The scheduler drives it through :class:`~embellama.model.contract.EncoderModel`: ``prepare_input`` (validate the
+length and tokenize), ``plan`` (pack prepared texts into decodes), ``forward`` (decode, then the read-out head: one
+row per text) and ``postprocess`` (the output heads: Matryoshka truncation, normalization); the heads are
+:mod:`embellama.model.heads`. An ``EmbeddingModel`` is **not thread-safe** (llama.cpp contexts are
 not): the engine gives each instance to one worker thread for its whole life. Use it directly only from a single
 thread.
 """
@@ -31,7 +32,8 @@ from embellama.model import native as _native
 from embellama.model.batching import plan_decodes
 from embellama.model.contract import Prepared, run_round
 from embellama.model.families import ModelFamily, detect_family, is_causal
-from embellama.model.pooling import pool_tokens, postprocess
+from embellama.model.heads.base import ArrayOutput, Decoded
+from embellama.model.heads.pipeline import Pipeline, build_pipeline
 from embellama.model.sizing import ENCODER_DEFAULT_LIMIT, DecodeShape, check_memory, decode_shape, estimate_memory
 from embellama.model.wordpiece import WordPieceTokenizer
 from embellama.texts import validate_text
@@ -93,6 +95,7 @@ class EmbeddingModel:
         self._native_pooling = True
         self._add_eos: bool | None = None
         self._buffers_mib: dict[str, float] = {}
+        self._heads: Pipeline | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def load(self) -> EmbeddingModel:
@@ -211,6 +214,7 @@ class EmbeddingModel:
         """Free the context and release the shared weights (idempotent)."""
         weights, context = self._weights, self._context
         self._weights = self._context = self._batch = None
+        self._heads = None
         if context is not None:
             context.close()
         if weights is not None:
@@ -395,21 +399,6 @@ class EmbeddingModel:
         return self._wordpiece_tokenizer
 
     # ----------------------------------------------------------------- the model contract
-    def prepare(self, text: str, index: int | None = None) -> npt.NDArray[np.int32]:
-        """Tokenize one (already validated) text, applying the truncation policy.
-
-        Args:
-            text: A ``str`` (see :func:`embellama.texts.validate_text`).
-            index: Position to name in errors. Defaults to none (the scheduler adds the caller's index).
-
-        Raises:
-            InvalidInputError: empty after tokenization, or over the limit with ``truncate=False``.
-        """
-        try:
-            return self.prepare_input(text).tokens
-        except InvalidInputError as exc:
-            raise exc.at_index(index) if index is not None else exc from None
-
     def check_prompt(self, prompt: str) -> None:
         """Refuse a prompt that alone reaches the input limit (it would leave no room for any text: in strict mode
         every text would fail, cut every text would embed as the prompt alone).
@@ -447,11 +436,11 @@ class EmbeddingModel:
             raise InvalidInputError("text produces no tokens", model_name=self.config.name)
         if n_tokens <= self._limit:
             return Prepared(np.asarray(tokens, dtype=np.int32), n_tokens)
-        mode = self.config.long_texts
+        mode = self.config.long_text_mode
         if mode == "raise":
             raise InvalidInputError(
                 f"{n_tokens} tokens exceed the model's limit of {self._limit} "
-                "(pass truncate=True to cut long inputs, or long_text_mode='mean' to average their chunks)",
+                "(pass long_text_mode='truncate' to cut long inputs, or long_text_mode='mean' to average their chunks)",
                 n_tokens=n_tokens,
                 limit=self._limit,
                 model_name=self.config.name,
@@ -482,11 +471,11 @@ class EmbeddingModel:
             return Prepared(np.asarray(pair, dtype=np.int32), len(pair))
         _, body, tail = self._split_specials(second)
         room = self._limit - len(first) - len(joiner) - len(tail)
-        if self.config.long_texts == "raise" or room < 1:
+        if self.config.long_text_mode == "raise" or room < 1:
             where = "the query alone" if room < 1 else "the pair"
             raise InvalidInputError(
                 f"{where} has {len(first) if room < 1 else len(pair)} tokens, over the model's limit of "
-                f"{self._limit}" + ("" if room < 1 else " (pass truncate=True to cut the document)"),
+                f"{self._limit}" + ("" if room < 1 else " (pass long_text_mode='truncate' to cut the document)"),
                 n_tokens=len(pair),
                 limit=self._limit,
                 model_name=self.config.name,
@@ -507,57 +496,52 @@ class EmbeddingModel:
         return plan_decodes(lengths, max_tokens=self._budget, max_texts=len(self._batch.seq_values))
 
     def forward(self, sequences: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        """Run one group of ``sequences`` (from :meth:`plan`): one pooled, not yet normalized row each.
+        """Run one group of ``sequences`` (from :meth:`plan`), then the read-out head: one raw (not yet normalized)
+        row per sequence."""
+        return self._pipeline().read(self._decode(sequences))
 
-        An encoder sees the group in one decode. A decoder's group is fed in decodes of ``n_ubatch`` tokens, each
-        continuing the sequences where the last one stopped (their memory holds the rest), and its token
-        embeddings are pooled here.
-        """
-        context, batch, pooling = self._context, self._batch, self._pooling
-        if context is None or batch is None or pooling is None or self._shape is None:
+    def _pipeline(self) -> Pipeline:
+        """This load's heads (see :func:`~embellama.model.heads.pipeline.build_pipeline`), built on first use."""
+        if self._heads is None:
+            weights, cfg = self._require(), self.config
+            assert self._pooling is not None
+            self._heads = build_pipeline(
+                pooling=self._pooling,
+                native_pooling=self._native_pooling,
+                n_embd=self._n_embd,
+                n_cls_out=weights.n_cls_out,
+                dimensions=cfg.dimensions,
+                normalize=cfg.normalize,
+                normalization=cfg.normalization,
+                norm_p=cfg.norm_p,
+            )
+        return self._heads
+
+    def _decode(self, sequences: list[npt.NDArray[np.int32]]) -> Decoded:
+        """Decode ``sequences``. An encoder sees them in one decode, whose output stays in llama.cpp's context. A
+        decoder's group is fed in decodes of ``n_ubatch`` tokens, each continuing the sequences where the last one
+        stopped (their memory holds the rest), and its token rows are gathered after each."""
+        context, batch = self._context, self._batch
+        if context is None or batch is None or self._shape is None:
             raise EmbeddingError(f"model {self.config.name!r} is not loaded")
-        dim = self._n_embd
-        rows: npt.NDArray[np.float32] = np.empty((len(sequences), dim), dtype=np.float32)
+        lengths = [len(s) for s in sequences]
         if self._shape.causal:
-            for i, tokens in enumerate(self._stream(context, batch, sequences)):
-                rows[i] = pool_tokens(tokens, pooling)
-            return rows
+            return Decoded(ArrayOutput(self._stream(context, batch, sequences)), lengths)
         n = batch.fill(sequences)
         rc = context.run(batch)
         if rc != 0:
             raise EmbeddingError(f"llama_decode failed with code {rc} ({n} tokens, {len(sequences)} texts)")
-        if self.is_reranker:
-            width = self.output_width
-            scores = np.empty((len(sequences), width), dtype=np.float32)
-            for i in range(len(sequences)):
-                row = context.sequence_embedding(i, width)
-                if row is None:
-                    raise EmbeddingError(f"llama.cpp returned no score for pair {i}")
-                scores[i] = row
-            return scores
-        if self._native_pooling:
-            for i in range(len(sequences)):
-                row = context.sequence_embedding(i, dim)
-                if row is None:
-                    raise EmbeddingError(f"llama.cpp returned no embedding for sequence {i}")
-                rows[i] = row
-            return rows
-        embedded = context.token_embeddings(n, dim)
-        if embedded is None:
-            raise EmbeddingError("llama.cpp returned no token embeddings")
-        start = 0
-        for i, seq in enumerate(sequences):
-            rows[i] = pool_tokens(embedded[start : start + len(seq)], pooling)
-            start += len(seq)
-        return rows
+        return Decoded(context, lengths)
 
     def _stream(
         self, context: _native.NativeContext, batch: _native.DecodeBatch, sequences: list[npt.NDArray[np.int32]]
-    ) -> list[npt.NDArray[np.float32]]:
-        """Feed a decoder's group in decodes of at most ``n_ubatch`` tokens; return each sequence's token
-        embeddings."""
+    ) -> npt.NDArray[np.float32]:
+        """Feed a decoder's group in decodes of at most ``n_ubatch`` tokens; return the token rows of every
+        sequence, one sequence after the other (``[sum of lengths, dim]``)."""
         dim, capacity = self._n_embd, batch.capacity
-        out = [np.empty((len(s), dim), dtype=np.float32) for s in sequences]
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = (np.cumsum(lengths) - lengths).tolist()
+        out: npt.NDArray[np.float32] = np.empty((int(lengths.sum()), dim), dtype=np.float32)
         cursor = [0] * len(sequences)
         first = True
         while any(c < len(s) for c, s in zip(cursor, sequences, strict=True)):
@@ -584,16 +568,15 @@ class EmbeddingModel:
                 raise EmbeddingError("llama.cpp returned no token embeddings")
             offset = 0
             for run, start, i in zip(runs, starts, ids, strict=True):
-                out[i][start : start + len(run)] = embedded[offset : offset + len(run)]
+                out[offsets[i] + start : offsets[i] + start + len(run)] = embedded[offset : offset + len(run)]
                 offset += len(run)
                 cursor[i] = start + len(run)
         return out
 
     def postprocess(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Matryoshka truncation, then L2 normalization, as configured (a reranker's raw scores pass through)."""
-        if self.is_reranker:
-            return rows
-        return postprocess(rows, dimensions=self.config.dimensions, normalize_output=self.config.normalize)
+        """The output heads: Matryoshka truncation, then normalization, as configured (a reranker's raw scores
+        pass through)."""
+        return self._pipeline().finish(rows)
 
     # ----------------------------------------------------------------- direct use
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -608,7 +591,7 @@ class EmbeddingModel:
         return outcome.vectors
 
     def embed_tokens(self, sequences: Sequence[npt.NDArray[np.int32]]) -> npt.NDArray[np.float32]:
-        """Embed already-prepared token sequences (see :meth:`prepare`); rows follow the input order."""
+        """Embed already-prepared token sequences (see :meth:`prepare_input`); rows follow the input order."""
         self._require()
         out = np.empty((len(sequences), self._n_embd), dtype=np.float32)
         for group in self.plan([len(s) for s in sequences]):

@@ -97,6 +97,15 @@ class GuardSettings:
     refused: int = 0
     draining: bool = False
 
+    def report(self) -> dict[str, float]:
+        """What the guard did, for ``/metrics``: open connections, and those it closed by reason."""
+        return {
+            "open": float(self.open),
+            "timed_out": float(self.timed_out),
+            "evicted": float(self.evicted),
+            "refused": float(self.refused),
+        }
+
 
 async def _refuse(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI app a connection over the cap is answered by: 503 in OpenAI's shape, then close."""

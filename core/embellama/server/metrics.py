@@ -84,6 +84,12 @@ class Metrics:
     registry: Any = field(default=None, repr=False, compare=False)
     """The ``prometheus_client`` registry exposing these metrics (made at the first scrape)."""
 
+    def served(self, texts: int, tokens: int = 0) -> None:
+        """Count a request answered with ``texts`` texts (or documents) of ``tokens`` tokens."""
+        self.texts += texts
+        self.tokens += tokens
+        self.batch_sizes.observe(texts)
+
     def families(self) -> list[Family]:
         """Every metric the server exposes (its own; process metrics are added by the renderers)."""
         requests = [
